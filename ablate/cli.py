@@ -1,0 +1,139 @@
+"""Entry point: ``ablate [train|study|report|worker] key=value ...`` (Hydra overrides).
+
+``ablate study=NAME`` alone runs a study; otherwise the default command is
+``train``. ``peft=lora+adapter`` is rewritten to Hydra's list form
+``peft=[lora,adapter]`` before Hydra sees it, and group options are checked
+here so that a typo is a one-line error with exit code 2 instead of a Hydra
+traceback. Heavy imports happen inside the commands, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ablate.errors import ConfigError
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+COMMANDS = ("train", "study", "report", "worker")
+DEFAULT_ARM = ("lora", "adapter")
+_OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[\w.@/-]+)=(?P<value>.*)$")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _groups() -> list[str]:
+    return sorted(p.name for p in CONF.iterdir() if p.is_dir())
+
+
+def _split_choices(value: str) -> list[str]:
+    """Top-level comma-separated sweep choices (``-m``), ignoring commas inside brackets."""
+    out, depth, cur = [], 0, ""
+    for ch in value:
+        depth += ch in "[(" and 1 or (ch in "])" and -1) or 0
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return out
+
+
+def _arm_list(value: str) -> list[str]:
+    value = value.strip()
+    if value.startswith("[") and value.endswith("]"):
+        return [v.strip() for v in value[1:-1].split(",") if v.strip()]
+    return [v.strip() for v in value.split("+") if v.strip()]
+
+
+def normalize_overrides(args: list[str]) -> list[str]:
+    """Rewrite ``peft=a+b`` to ``peft=[a,b]`` and check group options and component fields."""
+    from ablate.components import parse_arm
+
+    groups = set(_groups())
+    out: list[str] = []
+    arms: list[tuple[str, ...]] = [DEFAULT_ARM]
+    for arg in args:
+        m = _OVERRIDE.match(arg)
+        if not m or arg.startswith("-") or m["key"].startswith("hydra"):
+            out.append(arg)
+            continue
+        key, value = m["key"], m["value"]
+        if key == "peft":
+            choices = _split_choices(value)
+            arms = [parse_arm(_arm_list(c), key="peft") for c in choices]
+            lists = ["[" + ",".join(a) + "]" for a in arms]
+            out.append(f"{m['prefix']}peft=" + ",".join(lists))
+            continue
+        if key in groups and m["prefix"] == "":
+            for choice in _split_choices(value):
+                if choice not in _options(key):
+                    raise ConfigError(key, choice, f"unknown option (choose from {', '.join(_options(key))})")
+        out.append(arg)
+    for arg in out:
+        m = _OVERRIDE.match(arg)
+        if m and m["key"].startswith("peft."):
+            parts = m["key"].split(".")
+            comp = parts[1]
+            missing = [a for a in arms if comp not in a]
+            if missing:
+                arm = "+".join(missing[0])
+                raise ConfigError(
+                    m["key"],
+                    m["value"],
+                    f"component '{comp}' is not in the arm {arm} (select it with peft=...)",
+                )
+    return out
+
+
+def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """User mistakes inside a command: one line on stderr, exit code 2, no traceback."""
+
+    def run(cfg: Any) -> Any:
+        try:
+            return task(cfg)
+        except ConfigError as err:
+            print(err.one_line(), file=sys.stderr)
+            sys.exit(2)
+
+    run.__name__ = task.__name__
+    run.__doc__ = task.__doc__
+    return run
+
+
+def _task(command: str) -> Callable[[Any], Any]:
+    if command == "train":
+        from ablate.commands import train_command
+
+        return train_command
+    raise ConfigError("command", command, "not available yet")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        command = args.pop(0)
+    else:
+        command = "study" if any(a.split("=", 1)[0] == "study" for a in args) else "train"
+    try:
+        args = normalize_overrides(args)
+        task = _task(command)
+    except ConfigError as err:
+        print(err.one_line(), file=sys.stderr)
+        sys.exit(2)
+
+    import hydra
+
+    sys.argv = ["ablate", *args]
+    app = hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")(guarded(task))
+    app()
+
+
+if __name__ == "__main__":
+    main()

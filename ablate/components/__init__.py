@@ -1,0 +1,181 @@
+"""PEFT components: one module each, registered here in one line.
+
+The registry order is the canonical order: it spells arm names
+(``lora+adapter+prefix+prompt``) and the order components attach in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+
+from torch import nn
+
+from ablate.components import adapter, lora, prefix, prompt
+from ablate.components._arch import Dims, dims
+from ablate.components.base import Attached, ComponentConfig, check_context
+from ablate.errors import ConfigError
+
+REGISTRY: dict[str, ModuleType] = {"lora": lora, "adapter": adapter, "prefix": prefix, "prompt": prompt}
+CONFIGS: dict[str, type[ComponentConfig]] = {
+    "lora": lora.LoraConfig,
+    "adapter": adapter.AdapterConfig,
+    "prefix": prefix.PrefixConfig,
+    "prompt": prompt.PromptConfig,
+}
+CONTEXT_USERS = ("prefix", "prompt")  # components whose length competes with the data for context
+
+
+def parse_arm(spec: str | list[str] | tuple[str, ...], key: str = "peft") -> tuple[str, ...]:
+    """``lora+adapter`` or ``[adapter, lora]`` -> ('lora', 'adapter') in canonical order."""
+    names = spec.split("+") if isinstance(spec, str) else [str(s) for s in spec]
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise ConfigError(key, spec, "select at least one component")
+    for n in names:
+        if n not in REGISTRY:
+            raise ConfigError(key, n, f"unknown component (known: {', '.join(REGISTRY)})")
+    if len(set(names)) != len(names):
+        raise ConfigError(key, spec, "a component is listed twice")
+    return tuple(n for n in REGISTRY if n in names)
+
+
+def arm_name(names: tuple[str, ...] | list[str]) -> str:
+    return "+".join(n for n in REGISTRY if n in names)
+
+
+def build_configs(names: tuple[str, ...], fields: Mapping[str, Any]) -> dict[str, ComponentConfig]:
+    """Typed, validated configs for the selected components (fields: ``peft.<name>`` dicts)."""
+    return {n: CONFIGS[n].from_dict(fields.get(n)) for n in names}
+
+
+def expected_params(config, cfgs: Mapping[str, ComponentConfig]) -> dict[str, int]:
+    """Closed-form trainable-parameter count of each component, from the model config alone."""
+    d: Dims = dims(config)
+    return {n: REGISTRY[n].expected_params(d, c) for n, c in cfgs.items()}
+
+
+class Stack:
+    """The components attached to one model, in canonical order."""
+
+    def __init__(self, model: nn.Module, attached: list[Attached]) -> None:
+        self.model = model
+        self.attached = attached
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.attached)
+
+    def __iter__(self) -> Iterator[Attached]:
+        return iter(self.attached)
+
+    def __getitem__(self, name: str) -> Attached:
+        for a in self.attached:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def num_parameters(self) -> dict[str, int]:
+        return {a.name: a.num_parameters() for a in self.attached}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One optimizer group per component, each with its own learning rate."""
+        return [
+            {"name": a.name, "params": a.parameters(), "lr": a.cfg.lr, "weight_decay": a.cfg.weight_decay}
+            for a in self.attached
+        ]
+
+    @contextmanager
+    def knocked_out(self, names: tuple[str, ...] | list[str]):
+        """Switch the named components off (evaluation-time ablation), then back on."""
+        chosen = [a for a in self.attached if a.name in names]
+        for a in chosen:
+            a.set_enabled(False)
+        try:
+            yield self
+        finally:
+            for a in chosen:
+                a.set_enabled(True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {a.name: a.state_dict() for a in self.attached}
+
+    def load_state_dict(self, state: Mapping[str, Mapping]) -> None:
+        for a in self.attached:
+            a.load_state_dict(state[a.name])
+
+    def detach(self) -> None:
+        for a in reversed(self.attached):
+            a.detach()
+        self.attached = []
+
+
+def attach(model: nn.Module, cfgs: Mapping[str, ComponentConfig], max_length: int | None = None) -> Stack:
+    """Attach the components to a frozen base in canonical order; returns their ``Stack``."""
+    context = dims(model.config).context
+    attached: list[Attached] = []
+    try:
+        for name in REGISTRY:
+            if name not in cfgs:
+                continue
+            if name in CONTEXT_USERS and max_length is not None:
+                check_context(cfgs[name], context, max_length)
+            attached.append(REGISTRY[name].apply(model, cfgs[name]))
+    except BaseException:
+        Stack(model, attached).detach()  # leave the shared base exactly as we found it
+        raise
+    return Stack(model, attached)
+
+
+__all__ = [
+    "CONFIGS",
+    "REGISTRY",
+    "Attached",
+    "ComponentConfig",
+    "Stack",
+    "arm_name",
+    "attach",
+    "build_configs",
+    "expected_params",
+    "parse_arm",
+]
+
+
+def save(stack: Stack, directory) -> None:
+    """Write only the components' weights (safetensors) and their configs (JSON)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        f"{comp}/{pname}": t.contiguous()
+        for comp, sd in stack.state_dict().items()
+        for pname, t in sd.items()
+    }
+    save_file(tensors, str(directory / "components.safetensors"))
+    meta = {a.name: a.cfg.to_dict() for a in stack}
+    (directory / "components.json").write_text(json.dumps(meta, indent=2))
+
+
+def load(model: nn.Module, directory, max_length: int | None = None) -> Stack:
+    """Attach the saved components to ``model`` and load their weights."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = json.loads((directory / "components.json").read_text())
+    stack = attach(model, build_configs(parse_arm(list(meta)), meta), max_length)
+    flat = load_file(str(directory / "components.safetensors"))
+    state: dict[str, dict] = {name: {} for name in meta}
+    for key, tensor in flat.items():
+        comp, pname = key.split("/", 1)
+        state[comp][pname] = tensor
+    stack.load_state_dict(state)
+    return stack

@@ -1,0 +1,113 @@
+"""LoRA through peft (rsLoRA and DoRA are peft flags).
+
+peft's ``inject_adapter_in_model`` puts LoRA layers into the plain model
+without a PeftModel wrapper, so LoRA composes with our own adapter, prefix and
+prompt components on one model; peft's bitsandbytes dispatch makes it QLoRA
+when the base is 4-bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ablate.components._arch import ATTENTION, MLP, Dims, layer_linear_names
+from ablate.components.base import Attached, ComponentConfig
+from ablate.errors import ConfigError, require
+
+ADAPTER_NAME = "ablate"
+TARGET_SETS = {"attention": ATTENTION, "mlp": MLP, "all-linear": ATTENTION + MLP}
+
+
+@dataclass
+class LoraConfig(ComponentConfig):
+    name = "lora"
+    r: int = 8  # rank; higher adds capacity and r*(d_in+d_out) params per matrix
+    alpha: float = 16.0  # update scale alpha/r (alpha/sqrt(r) with rslora)
+    dropout: float = 0.05
+    targets: str | list[str] = "attention"  # attention | mlp | all-linear | [q_proj, v_proj, ...]
+    rslora: bool = False  # rank-stabilised scaling (Kalajdzievski 2023)
+    dora: bool = False  # weight-decomposed LoRA (Liu et al. 2024): + d_out magnitudes per matrix
+    lr: float = 2e-4
+
+    def validate(self) -> None:
+        super().validate()
+        self.positive("r")
+        self.positive("alpha")
+        require(0 <= self.dropout < 1, self.key("dropout"), self.dropout, "must be in [0, 1)")
+        if isinstance(self.targets, str):
+            require(
+                self.targets in TARGET_SETS,
+                self.key("targets"),
+                self.targets,
+                f"must be one of {', '.join(TARGET_SETS)} or a list of module names",
+            )
+        else:
+            require(len(self.targets) > 0, self.key("targets"), self.targets, "empty target list")
+
+    def target_names(self) -> tuple[str, ...]:
+        if isinstance(self.targets, str):
+            return TARGET_SETS[self.targets]
+        return tuple(self.targets)
+
+
+def expected_params(dims: Dims, cfg: LoraConfig) -> int:
+    """r*(d_in+d_out) per target matrix (+ d_out magnitudes with DoRA), per layer."""
+    per_layer = 0
+    for name in cfg.target_names():
+        d_in, d_out = dims.linear(name)
+        per_layer += cfg.r * (d_in + d_out) + (d_out if cfg.dora else 0)
+    return dims.layers * per_layer
+
+
+def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def apply(model: nn.Module, cfg: LoraConfig) -> Attached:
+    import peft
+
+    available = layer_linear_names(model)
+    for target in cfg.target_names():
+        if target not in available:
+            raise ConfigError(
+                "peft.lora.targets",
+                target,
+                f"unknown target module (this model has {', '.join(available)})",
+            )
+    if _lora_layers(model):
+        raise RuntimeError("LoRA is already attached; detach it first")
+    peft_cfg = peft.LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_names()),
+        use_rslora=cfg.rslora,
+        use_dora=cfg.dora,
+        bias="none",
+    )
+    # peft marks every non-LoRA parameter frozen; our base is frozen already.
+    peft.inject_adapter_in_model(peft_cfg, model, adapter_name=ADAPTER_NAME)
+
+    def set_enabled(enabled: bool) -> None:
+        for _, layer in _lora_layers(model):
+            layer.enable_adapters(enabled)
+
+    def detach() -> None:
+        # Swap each LoRA wrapper back for the base layer it wraps.
+        for name, layer in _lora_layers(model):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, layer.get_base_layer())
+
+    return Attached(
+        "lora",
+        cfg,
+        model,
+        owns=lambda n: f".{ADAPTER_NAME}." in n and "lora_" in n,
+        set_enabled=set_enabled,
+        detach=detach,
+    )

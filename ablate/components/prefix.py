@@ -1,0 +1,155 @@
+"""Prefix tuning (Li & Liang 2021): trainable per-layer key/value prefixes.
+
+Written here rather than through peft because peft's prefix tuning lives in a
+PeftModel wrapper that feeds prefixes as a past-key-value cache: it shifts
+positions and cannot share the model with our own adapters. Instead we
+register an attention function with transformers' ``AttentionInterface`` that
+concatenates the prefix to the keys/values the (possibly LoRA-adapted)
+``k_proj``/``v_proj`` just produced, after RoPE, so prefix and LoRA really
+interact. Grouped-query attention is handled by storing prefixes at the
+key/value head count; the attention mask gains P always-visible columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from ablate.components._arch import Dims, decoder_layers, dims
+from ablate.components.base import Attached, ComponentConfig, trainable_fp32
+
+MODULE_NAME = "ablate_prefix"
+_PREFIX_IMPL = "ablate_prefix_"  # registered as ablate_prefix_<original implementation>
+
+
+@dataclass
+class PrefixConfig(ComponentConfig):
+    name = "prefix"
+    length: int = 16  # P virtual key/value positions per layer: 2*L*P*d_kv params
+    reparam: bool = False  # MLP reparameterisation (Li & Liang): stabler, more params while training
+    hidden: int = 128  # MLP hidden width when reparam is on
+    init_std: float = 0.02  # small prefixes barely perturb attention at the start
+    lr: float = 1e-2
+
+    def validate(self) -> None:
+        super().validate()
+        self.positive("length")
+        self.positive("hidden")
+        self.positive("init_std")
+
+
+class PrefixEncoder(nn.Module):
+    """Produces (layers, 2, kv_heads, P, head_dim) key/value prefixes."""
+
+    def __init__(self, d: Dims, cfg: PrefixConfig) -> None:
+        super().__init__()
+        self.shape = (d.layers, 2, d.kv_heads, cfg.length, d.head_dim)
+        if cfg.reparam:
+            self.embedding = nn.Parameter(torch.randn(cfg.length, d.hidden) * cfg.init_std)
+            self.mlp = nn.Sequential(
+                nn.Linear(d.hidden, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, 2 * d.layers * d.d_kv)
+            )
+        else:
+            self.kv = nn.Parameter(torch.randn(self.shape) * cfg.init_std)
+        self.current: torch.Tensor | None = None
+
+    def forward(self) -> torch.Tensor:
+        if hasattr(self, "kv"):
+            return self.kv
+        layers, _, kv_heads, length, head_dim = self.shape
+        out = self.mlp(self.embedding)  # (P, 2*L*d_kv)
+        return out.view(length, layers, 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)
+
+
+def expected_params(d: Dims, cfg: PrefixConfig) -> int:
+    if not cfg.reparam:
+        return 2 * d.layers * cfg.length * d.d_kv
+    out = 2 * d.layers * d.d_kv
+    return cfg.length * d.hidden + d.hidden * cfg.hidden + cfg.hidden + cfg.hidden * out + out
+
+
+def _prefix_attention(inner_name: str):
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        inner = ALL_ATTENTION_FUNCTIONS[inner_name]
+        encoder = getattr(module, "_ablate_prefix", None)
+        if encoder is None or encoder.current is None:
+            return inner(module, query, key, value, attention_mask, **kwargs)
+        prefix = encoder.current[module.layer_idx].to(key.dtype)  # (2, kv_heads, P, head_dim)
+        batch, _, q_len, _ = query.shape
+        p_len = prefix.shape[2]
+        pk = prefix[0].unsqueeze(0).expand(batch, -1, -1, -1)
+        pv = prefix[1].unsqueeze(0).expand(batch, -1, -1, -1)
+        key = torch.cat([pk, key], dim=2)
+        value = torch.cat([pv, value], dim=2)
+        if attention_mask is None:  # sdpa skipped the mask: plain causal over the real keys
+            k_len = key.shape[2] - p_len
+            causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+            attention_mask = causal[None, None]
+        else:
+            attention_mask = attention_mask[..., -(key.shape[2] - p_len) :]
+        visible = True if attention_mask.dtype == torch.bool else 0.0
+        pad = torch.full(
+            (*attention_mask.shape[:-1], p_len), visible, dtype=attention_mask.dtype, device=query.device
+        )
+        attention_mask = torch.cat([pad, attention_mask], dim=-1)
+        kwargs["is_causal"] = False
+        return inner(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
+
+
+for _impl in ("sdpa", "eager"):
+    AttentionInterface.register(_PREFIX_IMPL + _impl, _prefix_attention(_impl))
+    AttentionMaskInterface.register(_PREFIX_IMPL + _impl, ALL_MASK_ATTENTION_FUNCTIONS[_impl])
+
+
+def apply(model: nn.Module, cfg: PrefixConfig) -> Attached:
+    if hasattr(model, MODULE_NAME):
+        raise RuntimeError("a prefix is already attached; detach it first")
+    config = model.config
+    original = config._attn_implementation or "eager"
+    if original not in ("sdpa", "eager"):
+        raise RuntimeError(f"prefix tuning supports sdpa/eager attention, not {original}")
+    encoder = trainable_fp32(PrefixEncoder(dims(config), cfg), model)
+    setattr(model, MODULE_NAME, encoder)
+    attns = [layer.self_attn for layer in decoder_layers(model)]
+    for attn in attns:
+        # A plain attribute, not a submodule: the encoder is registered once, on the model.
+        object.__setattr__(attn, "_ablate_prefix", encoder)
+    config._attn_implementation = _PREFIX_IMPL + original
+    state = {"enabled": True}
+
+    def pre_hook(module, args, kwargs):
+        # Run the (possibly MLP-reparameterised) encoder once per forward, not once per layer.
+        encoder.current = encoder() if state["enabled"] else None
+
+    def post_hook(module, args, kwargs, output):
+        encoder.current = None  # do not keep the graph alive between steps
+        return output
+
+    handles = [
+        model.register_forward_pre_hook(pre_hook, with_kwargs=True),
+        model.register_forward_hook(post_hook, with_kwargs=True),
+    ]
+
+    def detach() -> None:
+        for h in handles:
+            h.remove()
+        for attn in attns:
+            object.__delattr__(attn, "_ablate_prefix")
+        config._attn_implementation = original
+        delattr(model, MODULE_NAME)
+
+    return Attached(
+        "prefix",
+        cfg,
+        model,
+        owns=lambda n: n.startswith(MODULE_NAME + "."),
+        set_enabled=lambda on: state.update(enabled=on),
+        detach=detach,
+    )

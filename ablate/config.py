@@ -1,0 +1,118 @@
+"""Typed config objects built from the composed Hydra config.
+
+Hydra composes plain dicts; ``TrialConfig.from_dict`` turns them into
+validated dataclasses, so every user mistake surfaces here as a one-line
+``ConfigError`` naming the key and value, before anything is loaded or
+recorded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ablate.components import ComponentConfig, arm_name, build_configs, parse_arm
+from ablate.components.quant import QuantConfig
+from ablate.data import DataConfig
+from ablate.errors import ConfigError, require
+from ablate.models import ModelConfig
+from ablate.train import TrainConfig
+
+__all__ = ["ConfigError", "EvalConfig", "TrackingConfig", "TrialConfig", "flatten", "redact"]
+
+
+@dataclass
+class EvalConfig:
+    knockout: bool = True  # test metric with each component switched off (which part does the work?)
+    zero_shot: bool = False  # test metric of the bare base model, i.e. every component off
+    save_components: bool = True  # log the trained components' weights as an MLflow artifact
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalConfig:
+        for key, value in data.items():
+            require(key in cls.__dataclass_fields__, f"eval.{key}", value, "unknown field")
+            require(isinstance(value, bool), f"eval.{key}", value, "must be true or false")
+        return cls(**data)
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = "mlflow"  # mlflow | none
+    uri: str = "sqlite:///mlflow.db"  # MLflow 3's default local store; `mlflow ui` finds it here
+    experiment: str = "ablate-train"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrackingConfig:
+        for key, value in data.items():
+            require(key in cls.__dataclass_fields__, f"tracking.{key}", value, "unknown field")
+        cfg = cls(**data)
+        require(cfg.backend in ("mlflow", "none"), "tracking.backend", cfg.backend, "must be mlflow or none")
+        require(bool(cfg.experiment), "tracking.experiment", cfg.experiment, "must not be empty")
+        return cfg
+
+
+@dataclass
+class TrialConfig:
+    arm: tuple[str, ...]
+    peft: dict[str, ComponentConfig]
+    model: ModelConfig
+    quant: QuantConfig
+    data: DataConfig
+    train: TrainConfig
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def arm_name(self) -> str:
+        return arm_name(self.arm)
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> TrialConfig:
+        """From a resolved, plain config dict (``OmegaConf.to_container(cfg, resolve=True)``)."""
+        peft = cfg.get("peft") or {}
+        if not isinstance(peft, Mapping):
+            raise ConfigError("peft", peft, "select components as peft=lora+adapter")
+        names = parse_arm(list(peft))
+        return cls(
+            arm=names,
+            peft=build_configs(names, peft),
+            model=ModelConfig.from_dict(cfg.get("model") or {}),
+            quant=QuantConfig.from_dict(cfg.get("quant") or {}),
+            data=DataConfig.from_dict(cfg.get("data") or {}),
+            train=TrainConfig.from_dict(cfg.get("train") or {}),
+            eval=EvalConfig.from_dict(cfg.get("eval") or {}),
+            tracking=TrackingConfig.from_dict(cfg.get("tracking") or {}),
+        )
+
+
+_URL_SECRET = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+_SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|credential)", re.IGNORECASE)
+_QUERY_SECRET = re.compile(r"((?:password|token|secret|key)=)[^&\s]+", re.IGNORECASE)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """Hide secrets: passwords inside URLs, and values of secret-looking keys."""
+    if isinstance(value, Mapping):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v, key) for v in value]
+    if isinstance(value, str):
+        if key and _SECRET_KEY.search(key.rsplit(".", 1)[-1]):
+            return "***"
+        value = _URL_SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+        return _QUERY_SECRET.sub(r"\1***", value)
+    return value
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"peft": {"lora": {"r": 8}}}`` -> ``{"peft.lora.r": 8}`` (secrets redacted)."""
+    out: dict[str, Any] = {}
+    for key, value in redact(data).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

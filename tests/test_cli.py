@@ -1,0 +1,162 @@
+"""The CLI end to end on model=tiny: records, determinism, and every bad input failing cleanly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablate.cli import main
+
+TINY = ["model=tiny", "budget=smoke"]
+
+
+def run_cli(args, capsys):
+    """Run ``ablate ARGS`` in this process; returns (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_train_records_one_mlflow_run(workdir, capsys):
+    code, out, _ = run_cli(["train", *TINY, "peft=lora+adapter", "quant=nf4", "peft.lora.r=4"], capsys)
+    assert code == 0
+    assert "test exact match" in out and "MLflow run" in out
+    from mlflow import MlflowClient
+
+    client = MlflowClient("sqlite:///mlflow.db")
+    exp = client.get_experiment_by_name("ablate-train")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["arm"] == "lora+adapter"
+    assert run.data.tags["components"] == "lora,adapter"
+    assert run.data.tags["quant"] == "nf4"
+    assert run.data.params["peft.lora.r"] == "4"
+    assert run.data.params["train.steps"] == "6"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(1, 7))
+    assert len(client.get_metric_history(run.info.run_id, "grad_norm/adapter")) == 6
+    assert len(client.get_metric_history(run.info.run_id, "val_em")) == 2  # eval_every=3 over 6 steps
+    m = run.data.metrics
+    for key in (
+        "test_em",
+        "test_loss",
+        "trainable_params",
+        "trainable_pct",
+        "tokens_per_s",
+        "peak_mem_mb",
+        "wall_s",
+    ):
+        assert key in m, key
+    # trainable params: LoRA r=4 on q,k,v,o of 2 layers (h=64, d_kv=32) + Houlsby adapters of width 16
+    lora = 2 * 4 * ((64 + 64) + (64 + 32) * 2 + (64 + 64))
+    adapter = 2 * 2 * (2 * 64 * 16 + 16 + 64)
+    assert m["trainable_params"] == lora + adapter
+    assert m["params/lora"] == lora
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "components"} <= artifacts
+
+
+def test_train_is_deterministic_for_a_seed(workdir, capsys):
+    args = ["train", *TINY, "peft=lora+prefix+prompt", "tracking=none", "train.seed=3"]
+    outs = [run_cli(args, capsys)[1] for _ in range(2)]
+    numbers = [[ln for ln in o.splitlines() if "loss" in ln or "exact" in ln] for o in outs]
+    assert numbers[0] == numbers[1] and numbers[0]
+
+
+def test_list_spelling_selects_the_same_arm(workdir, capsys):
+    code, out, _ = run_cli(["train", *TINY, "peft=[adapter,lora]", "tracking=none"], capsys)
+    assert code == 0 and "arm lora+adapter" in out
+
+
+BAD = [
+    (["peft=lora+foo"], "peft", "foo"),
+    (["peft.lora.r=0"], "peft.lora.r", "0"),
+    (["peft.lora.alpha=-2"], "peft.lora.alpha", "-2"),
+    (["peft=adapter", "peft.adapter.width=0"], "peft.adapter.width", "0"),
+    (["peft=prefix", "peft.prefix.length=0"], "peft.prefix.length", "0"),
+    (["peft=prompt", "peft.prompt.length=-1"], "peft.prompt.length", "-1"),
+    (["peft=prompt", "peft.prompt.length=200"], "peft.prompt.length", "200"),  # 200 + 128 > 256 context
+    (["peft=lora+prefix", "peft.prefix.length=250"], "peft.prefix.length", "250"),
+    (["peft.lora.targets=[q_proj,foo_proj]"], "peft.lora.targets", "foo_proj"),
+    (["peft=lora", "peft.adapter.width=8"], "peft.adapter.width", "8"),
+    (["quant=int3"], "quant", "int3"),
+    (["model=nope"], "model", "nope"),
+    (
+        ["model.source=pretrained", "model.name_or_path=/no/such/model"],
+        "model.name_or_path",
+        "/no/such/model",
+    ),
+    (["train.steps=0"], "train.steps", "0"),
+]
+
+
+def _data_file(workdir: Path, kind: str) -> str:
+    path = workdir / {"empty": "empty.jsonl", "malformed": "bad.jsonl", "fields": "fields.jsonl"}[kind]
+    if kind == "empty":
+        path.write_text("")
+    elif kind == "malformed":
+        path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", \n')
+    else:
+        path.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) for i in range(20)))
+    return str(path)
+
+
+@pytest.mark.parametrize("args,key,value", BAD, ids=[b[1] + "=" + b[2] for b in BAD])
+def test_bad_input_is_one_line_exit_2_nothing_recorded(args, key, value, workdir, capsys):
+    code, out, err = run_cli(["train", *TINY, *args], capsys)
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Failed to load CPU")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and key in lines[0] and value in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
+
+
+@pytest.mark.parametrize(
+    "kind,key", [("empty", "data.path"), ("malformed", "data.path"), ("fields", "data.prompt_field")]
+)
+def test_bad_data_file(kind, key, workdir, capsys):
+    path = _data_file(workdir, kind)
+    code, _, err = run_cli(["train", *TINY, "data=file", f"data.path={path}"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Failed to load CPU")]
+    assert code == 2 and len(lines) == 1 and key in lines[0], err
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_real_process_exit_code_and_cfg_job(workdir):
+    """As a user runs it: a separate process, exit code 2, stderr one line; --cfg job composes."""
+    bad = subprocess.run(
+        [sys.executable, "-m", "ablate.cli", "train", "peft=lora+bogus"],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+    )
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip().splitlines()[-1]
+        == "error: peft='bogus': unknown component (known: lora, adapter, prefix, prompt)"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-m", "ablate.cli", "train", "peft=lora+prompt", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "prompt:" in shown.stdout and "adapter:" not in shown.stdout

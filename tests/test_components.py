@@ -1,0 +1,220 @@
+"""One table of cases over every component combination x {no quant, nf4}, driving shared checks.
+
+Adding a component costs one row in COMPONENT_CASES (its closed form lives in its module).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ablate import components
+from ablate.components import arm_name, attach, build_configs, expected_params
+from ablate.data import encode, make_batches
+from ablate.data.tasks import generate_splits
+from ablate.metrics import evaluate, forward_logits
+from ablate.train import TrainConfig, train
+from tests.conftest import load_tiny
+
+NAMES = tuple(components.REGISTRY)
+ARMS = [c for k in range(1, len(NAMES) + 1) for c in itertools.combinations(NAMES, k)]
+CASES = [pytest.param(arm, q, id=f"{arm_name(arm)}-{q}") for arm in ARMS for q in ("none", "nf4")]
+LR = {"lora": 1e-2, "adapter": 1e-2, "prefix": 3e-2, "prompt": 3e-2}
+
+
+def cfgs_for(arm, **overrides):
+    fields = {n: {"lr": LR[n], **overrides.get(n, {})} for n in arm}
+    if "lora" in arm:
+        fields["lora"].setdefault("dropout", 0.0)
+    return build_configs(arm, fields)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_bases):
+    tok = tiny_bases["none"].tokenizer
+    examples = generate_splits("arithmetic", 8, 1, 1, seed=0)["train"]
+    enc = encode(examples, tok, max_length=200)
+    return make_batches(enc, 8, shuffle=False, seed=0, pad_id=tok.pad_token_id)[0]
+
+
+def base_snapshot(model):
+    """Every base tensor in canonical layout (bitsandbytes repacks 4-bit weights for CPU kernels
+    on the first inference forward; ``state_dict`` unpacks them), including the 4-bit quant state."""
+    return {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+
+def logits(model, batch):
+    with torch.no_grad():
+        return forward_logits(model, batch)[0]
+
+
+def train_steps(base, stack, batch, steps):
+    cfg = TrainConfig(steps=steps, batch_size=8, warmup_ratio=0.0, eval_every=10**6, progress=False)
+    return train(base.model, stack, lambda epoch: [batch], cfg, base.device)
+
+
+@pytest.mark.parametrize("arm,quant", CASES)
+def test_component_contract(arm, quant, tiny_bases, batch, tmp_path):
+    base = tiny_bases[quant]
+    model = base.model
+    before = base_snapshot(model)
+    cfgs = cfgs_for(arm)
+    stack = attach(model, cfgs, max_length=200)
+    try:
+        # 1. trainable parameters equal the closed forms, component by component
+        assert stack.num_parameters() == expected_params(model.config, cfgs)
+        own = {n for a in stack for n, _ in a.named_parameters()}
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == own
+
+        # 2. gradients reach every component parameter and nothing else
+        logits_, targets = forward_logits(model, batch)
+        torch.nn.functional.cross_entropy(
+            logits_.flatten(0, 1), targets.flatten(), ignore_index=-100
+        ).backward()
+        with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert with_grad == own
+        model.zero_grad(set_to_none=True)
+
+        # 3. a few optimizer steps lower the loss on a fixed batch; the base stays bit-identical
+        loss0 = evaluate(model, [batch], base.device)["loss"]
+        train_steps(base, stack, batch, steps=8)
+        loss1 = evaluate(model, [batch], base.device)["loss"]
+        assert loss1 < loss0 - 1e-3, (loss0, loss1)
+
+        # 4. knockout: switching a component off gives exactly the model without it
+        trained_logits = logits(model, batch)
+        state = stack.state_dict()
+        if len(arm) > 1:
+            other = load_tiny(quant)
+            for name in arm:
+                with stack.knocked_out([name]):
+                    ko = logits(model, batch)
+                rest = tuple(n for n in arm if n != name)
+                ref_stack = attach(other.model, {n: cfgs[n] for n in rest}, max_length=200)
+                ref_stack.load_state_dict({n: state[n] for n in rest})
+                assert torch.equal(ko, logits(other.model, batch)), f"knockout of {name}"
+                ref_stack.detach()
+                assert torch.equal(logits(model, batch), trained_logits), f"re-enabling {name}"
+
+        # 5. save and load only the components: same eval loss on a fresh base
+        components.save(stack, tmp_path)
+        fresh = load_tiny(quant)
+        loaded = components.load(fresh.model, tmp_path, max_length=200)
+        assert loaded.names == stack.names
+        assert evaluate(fresh.model, [batch], fresh.device)["loss"] == pytest.approx(loss1, abs=1e-6)
+        keys = {k.split("/", 1)[1] for k in load_file(str(tmp_path / "components.safetensors"))}
+        assert keys == own
+    finally:
+        stack.detach()
+    # 6. after training and detaching, every base tensor is bit-identical and nothing leaks
+    after = base_snapshot(model)
+    assert set(after) == set(before)
+    for n, t in after.items():
+        assert torch.equal(t, before[n]), n
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("arm", [("lora",), ("adapter",), ("lora", "adapter")], ids=arm_name)
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"lora": {"dora": True, "rslora": True, "targets": "all-linear"}, "adapter": {"mode": "parallel"}}],
+    ids=["default", "dora-rslora-parallel"],
+)
+def test_outputs_unchanged_at_init(arm, variant, tiny_bases, batch):
+    model = tiny_bases["none"].model
+    reference = logits(model, batch)
+    stack = attach(model, cfgs_for(arm, **{k: v for k, v in variant.items() if k in arm}))
+    try:
+        assert torch.equal(logits(model, batch), reference)
+    finally:
+        stack.detach()
+
+
+@pytest.mark.parametrize(
+    "name,fields",
+    [
+        ("lora", {"r": 4, "targets": "all-linear", "dora": True}),
+        ("lora", {"r": 2, "targets": ["q_proj", "down_proj"]}),
+        ("adapter", {"width": 8, "placement": "pfeiffer"}),
+        ("adapter", {"width": 4, "placement": "attn", "mode": "parallel"}),
+        ("prefix", {"length": 5, "reparam": True, "hidden": 32}),
+        ("prompt", {"length": 7, "init": "random"}),
+    ],
+)
+def test_closed_forms_of_variants(name, fields, tiny_bases):
+    model = tiny_bases["none"].model
+    cfgs = build_configs((name,), {name: fields})
+    stack = attach(model, cfgs)
+    try:
+        assert stack.num_parameters() == expected_params(model.config, cfgs)
+    finally:
+        stack.detach()
+
+
+def test_closed_form_examples_by_hand(tiny_bases):
+    """The formulas of the issue, on the tiny config: h=64, L=2, 4 heads, 2 kv heads (d_kv=32)."""
+    config = tiny_bases["none"].model.config
+    cfgs = build_configs(
+        ("lora", "adapter", "prefix", "prompt"),
+        {
+            "lora": {"r": 8, "targets": ["q_proj", "v_proj"]},
+            "adapter": {"width": 16},
+            "prefix": {"length": 4},
+            "prompt": {"length": 3},
+        },
+    )
+    got = expected_params(config, cfgs)
+    assert got["lora"] == 2 * (8 * (64 + 64) + 8 * (64 + 32))
+    assert got["adapter"] == 2 * 2 * (2 * 64 * 16 + 16 + 64)
+    assert got["prefix"] == 2 * 2 * 4 * 32
+    assert got["prompt"] == 3 * 64
+
+
+def test_prefix_respects_padding_and_gqa(tiny_bases):
+    """A right-padded sequence gets the same logits as the same sequence alone."""
+    base = tiny_bases["none"]
+    stack = attach(base.model, cfgs_for(("prefix", "prompt")))
+    try:
+        ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
+        mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+        with torch.no_grad():
+            both = base.model(input_ids=ids, attention_mask=mask).logits
+            alone = base.model(input_ids=ids[1:, :3], attention_mask=mask[1:, :3]).logits
+        assert both.shape[1] == 6
+        torch.testing.assert_close(both[1, :3], alone[0], rtol=0, atol=1e-5)
+    finally:
+        stack.detach()
+
+
+def test_nf4_input_gradients_match_dequantised_weights():
+    """Gradients through a frozen 4-bit layer equal those through its dequantised weight.
+
+    bitsandbytes warns its CPU gemv has no autograd kernel, and its CPU repacking (done on
+    the first no-grad forward) drops the input gradient entirely; ``quant.prepare`` turns
+    that repacking off, so an evaluation between training steps cannot break QLoRA.
+    """
+    import bitsandbytes as bnb
+
+    from ablate.components.quant import QuantConfig, prepare
+
+    torch.manual_seed(0)
+    weight = torch.randn(128, 64)
+    layer = bnb.nn.Linear4bit(64, 128, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
+    layer = prepare(torch.nn.Sequential(layer.to("cpu")), QuantConfig())[0]
+    dense = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    layer.eval()
+    with torch.no_grad():
+        layer(torch.randn(2, 64))  # may repack the weight for CPU kernels: gradients must survive that
+    layer.train()
+    for shape in [(1, 64), (2, 5, 64)]:
+        x = torch.randn(*shape, requires_grad=True)
+        g = torch.randn(*shape[:-1], 128)
+        (layer(x) * g).sum().backward()
+        x2 = x.detach().clone().requires_grad_(True)
+        ((x2 @ dense.t()) * g).sum().backward()
+        torch.testing.assert_close(x.grad, x2.grad)

@@ -1,0 +1,460 @@
+"""Data pipeline: generated tasks, file/HF loaders, encoding and batching.
+
+Everything runs offline on the byte-level tiny tokenizer, with and without a
+chat template, so both prompt paths of ``encode`` are covered.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import re
+import sys
+import types
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+from ablate.data import (
+    IGNORE_INDEX,
+    TASKS,
+    DataConfig,
+    Example,
+    encode,
+    load_splits,
+    make_batches,
+    padding_fraction,
+)
+from ablate.data.config import BUILTIN_TASKS
+from ablate.data.tokenize import collate
+from ablate.errors import ConfigError
+from ablate.tiny import build_tiny_tokenizer
+
+SPLIT_SIZES = {"train": 300, "validation": 40, "test": 60}
+
+
+def _tasks(name: str, seed: int = 0, **sizes: int) -> dict[str, list[Example]]:
+    counts = {f"n_{k}": v for k, v in (SPLIT_SIZES | sizes).items()}
+    return load_splits(DataConfig.from_dict({"name": name, "seed": seed, **counts}))
+
+
+def _plain_tokenizer() -> Any:
+    tok = build_tiny_tokenizer()
+    tok.chat_template = None
+    return tok
+
+
+TOKENIZERS = {"chat": build_tiny_tokenizer, "plain": _plain_tokenizer}
+
+
+# --- tiny tokenizer ---------------------------------------------------------------------------
+
+
+def test_tiny_tokenizer_is_small_byte_level_chatml() -> None:
+    tok = build_tiny_tokenizer()
+    assert len(tok) == 261  # 256 bytes + 5 specials
+    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    assert tok.convert_tokens_to_ids(specials) == [256, 257, 258, 259, 260]
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (256, 257, 260)
+    text = 'Ünïcode 2021-03-05 {"a": 1}'
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text.encode()) and tok.decode(ids) == text
+    chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    rendered = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert (
+        rendered == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # Each call is a fresh object: dropping the template on one leaves the next intact.
+    tok.chat_template = None
+    assert build_tiny_tokenizer().chat_template is not None
+
+
+# --- built-in tasks ---------------------------------------------------------------------------
+
+
+def _check_dates(ex: Example) -> None:
+    text = ex.prompt.removeprefix("Convert to YYYY-MM-DD: ")
+    text = re.sub(r"(\d+)(st|nd|rd|th)", r"\1", text.removeprefix("the ")).replace(" of", "")
+    text = text.replace(",", "")
+    for fmt in ("%B %d %Y", "%d %B %Y", "%b %d %Y", "%Y/%m/%d", "%d-%b-%Y"):
+        try:
+            parsed = dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+        assert ex.response == parsed.isoformat()
+        return
+    raise AssertionError(f"unparsed date prompt: {ex.prompt}")
+
+
+def _check_arithmetic(ex: Example) -> None:
+    m = re.fullmatch(r"What is (\d{2,4}) ([+-]) (\d{2,4})\?", ex.prompt)
+    assert m, ex.prompt
+    a, op, b = int(m[1]), m[2], int(m[3])
+    assert ex.response == str(a + b if op == "+" else a - b)
+    assert int(ex.response) >= 0
+
+
+def _check_json_extract(ex: Example) -> None:
+    obj = json.loads(ex.response)
+    assert list(obj) == ["name", "age", "city"] and isinstance(obj["age"], int)
+    sentence = ex.prompt.removeprefix("Extract name, age, city as JSON: ")
+    assert all(str(obj[k]) in sentence for k in obj)
+
+
+CHECKS = {"dates": _check_dates, "arithmetic": _check_arithmetic, "json_extract": _check_json_extract}
+
+
+def test_task_registry_matches_config() -> None:
+    assert set(TASKS) == set(BUILTIN_TASKS) == set(CHECKS)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_task_splits_are_exact_disjoint_and_seeded(task: str) -> None:
+    splits = _tasks(task)
+    assert {k: len(v) for k, v in splits.items()} == SPLIT_SIZES
+    prompts = [ex.prompt for split in splits.values() for ex in split]
+    assert len(set(prompts)) == sum(SPLIT_SIZES.values())  # disjoint, no repeats within
+    assert _tasks(task) == splits
+    other = _tasks(task, seed=1)
+    assert all(other[k] != splits[k] for k in splits)
+    # The evaluation splits do not move when only the training set grows.
+    bigger = _tasks(task, train=500)
+    assert bigger["test"] == splits["test"] and bigger["validation"] == splits["validation"]
+    assert len(bigger["train"]) == 500
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_task_answers_are_correct_and_short(task: str) -> None:
+    examples = [ex for split in _tasks(task).values() for ex in split]
+    for ex in examples:
+        CHECKS[task](ex)
+    # Short enough for SmolLM2-135M on a CPU: ~3 characters per token keeps this under ~40 tokens.
+    assert max(len(ex.prompt) + len(ex.response) for ex in examples) <= 120
+
+
+def test_dates_use_several_surface_forms() -> None:
+    forms = Counter(
+        re.sub(r"[A-Za-z]+", "A", re.sub(r"\d+", "9", ex.prompt.split(": ", 1)[1]))
+        for ex in _tasks("dates")["train"]
+    )
+    assert len(forms) >= 6
+
+
+# --- encode -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(TOKENIZERS))
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_encode_masks_exactly_the_prompt(task: str, variant: str) -> None:
+    tok = TOKENIZERS[variant]()
+    examples = _tasks(task)["validation"]
+    enc = encode(examples, tok, max_length=1000)
+    assert len(enc) == len(examples) and enc.dropped == 0
+    for ex, e in zip(examples, enc, strict=True):
+        response = tok(ex.response, add_special_tokens=False)["input_ids"]
+        assert len(e.labels) == len(e.input_ids)
+        assert sum(label != IGNORE_INDEX for label in e.labels) == len(response) + 1
+        assert tok.decode([x for x in e.labels if x != IGNORE_INDEX]) == ex.response + tok.eos_token
+        assert e.labels[e.n_prompt :] == e.input_ids[e.n_prompt :]
+        if variant == "chat":
+            msgs = [{"role": "user", "content": ex.prompt}]
+            # transformers 5: tokenize=True returns a BatchEncoding unless return_dict=False.
+            ref = tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
+            assert e.input_ids[: e.n_prompt] == ref
+        else:
+            ref = [tok.bos_token_id] + tok(ex.prompt + "\n", add_special_tokens=False)["input_ids"]
+            assert e.input_ids[: e.n_prompt] == ref
+
+
+def test_encode_drops_long_examples_and_counts_them() -> None:
+    tok = build_tiny_tokenizer()
+    examples = _tasks("arithmetic")["test"]
+    lengths = [len(e.input_ids) for e in encode(examples, tok, max_length=1000)]
+    cut = sorted(lengths)[len(lengths) // 2]
+    enc = encode(examples, tok, max_length=cut)
+    assert len(enc) == sum(n <= cut for n in lengths)
+    assert enc.dropped == sum(n > cut for n in lengths) > 0
+    assert all(len(e.input_ids) <= cut for e in enc)
+    with pytest.raises(ConfigError) as err:
+        encode(examples, tok, max_length=min(lengths) - 1)
+    assert err.value.key == "data.max_length" and err.value.value == min(lengths) - 1
+
+
+# --- batching ---------------------------------------------------------------------------------
+
+
+def _mixed_encoded() -> list[Any]:
+    tok = build_tiny_tokenizer()
+    examples = [ex for task in sorted(TASKS) for ex in _tasks(task)["validation"]]
+    return list(encode(examples, tok, max_length=1000))
+
+
+def _unpadded(batches: list[dict[str, torch.Tensor]]) -> list[tuple[int, ...]]:
+    rows = []
+    for b in batches:
+        for ids, mask, labels in zip(b["input_ids"], b["attention_mask"], b["labels"], strict=True):
+            n = int(mask.sum())
+            assert mask[:n].all() and not mask[n:].any()  # right padding
+            assert (labels[n:] == IGNORE_INDEX).all() and (ids[n:] == 256).all()
+            rows.append(tuple(ids[:n].tolist()))
+    return rows
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batches_cover_every_example_once(shuffle: bool) -> None:
+    enc = _mixed_encoded()
+    batches = make_batches(enc, 8, shuffle=shuffle, seed=3, pad_id=256)
+    assert [len(b["input_ids"]) for b in batches] == [8] * 15  # 120 examples
+    assert all(b[k].dtype == torch.long for b in batches for k in ("input_ids", "attention_mask", "labels"))
+    assert Counter(_unpadded(batches)) == Counter(tuple(e.input_ids) for e in enc)
+    if not shuffle:
+        widths = [b["input_ids"].shape[1] for b in batches]
+        assert widths == sorted(widths)
+
+
+def test_length_grouping_pads_less_than_random_batches() -> None:
+    enc = _mixed_encoded()
+    grouped = padding_fraction(make_batches(enc, 8, shuffle=True, seed=0, pad_id=256))
+    order = list(range(len(enc)))
+    random.Random(0).shuffle(order)
+    naive = [collate([enc[i] for i in order[j : j + 8]], 256) for j in range(0, len(order), 8)]
+    assert grouped < padding_fraction(naive) / 3
+    assert padding_fraction([]) == 0.0
+
+
+def test_batches_are_deterministic_per_seed() -> None:
+    enc = _mixed_encoded()
+
+    def run(seed: int) -> list[tuple[int, ...]]:
+        return _unpadded(make_batches(enc, 8, shuffle=True, seed=seed, pad_id=256))
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+# --- user files -------------------------------------------------------------------------------
+
+ROWS = [{"question": f"q{i} when?", "answer": f"{2000 + i}-03-05" if i % 2 else f"00{i}"} for i in range(50)]
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    df = pd.DataFrame(rows)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path)
+    return path
+
+
+def _file_cfg(path: Path, **kw: Any) -> DataConfig:
+    d = {"name": "file", "path": str(path), "prompt_field": "question", "response_field": "answer"}
+    return DataConfig.from_dict(d | {"n_train": None, "n_validation": None, "n_test": None} | kw)
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "csv", "parquet"])
+def test_file_round_trip_and_carved_splits(tmp_path: Path, ext: str) -> None:
+    path = _write(tmp_path / f"d.{ext}", ROWS + ROWS[:5])  # 5 repeated prompts
+    splits = load_splits(_file_cfg(path))
+    assert {k: len(v) for k, v in splits.items()} == {"train": 40, "validation": 5, "test": 5}
+    got = [ex for split in splits.values() for ex in split]
+    # Every value survives as text ("005" stays "005", dates stay strings) and nothing repeats.
+    assert sorted(got, key=lambda e: e.prompt) == sorted(
+        (Example(r["question"], r["answer"]) for r in ROWS), key=lambda e: e.prompt
+    )
+    assert load_splits(_file_cfg(path)) == splits
+    assert load_splits(_file_cfg(path, seed=1)) != splits
+    capped = load_splits(_file_cfg(path, n_train=7, n_test=2))
+    assert [len(v) for v in capped.values()] == [7, 5, 2]
+    assert set(capped["train"]) <= set(splits["train"])
+
+
+def test_separate_split_files_are_used_as_given(tmp_path: Path) -> None:
+    train = _write(tmp_path / "train.jsonl", ROWS[:30])
+    val = _write(tmp_path / "val.csv", ROWS[30:40])
+    test = _write(tmp_path / "test.parquet", ROWS[40:])
+    cfg = _file_cfg(train, validation_path=str(val), test_path=str(test), n_test=4)
+    splits = load_splits(cfg)
+    assert [len(v) for v in splits.values()] == [30, 10, 4]
+    assert {e.prompt for e in splits["validation"]} == {r["question"] for r in ROWS[30:40]}
+    assert {e.prompt for e in splits["test"]} <= {r["question"] for r in ROWS[40:]}
+    # Only the test file given: validation is carved from the train file by its fraction.
+    splits = load_splits(_file_cfg(train, test_path=str(test), split_fractions=[0.9, 0.1, 0.0]))
+    assert [len(v) for v in splits.values()] == [27, 3, 10]
+
+
+class _FakeSplit:
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows, self.column_names = rows, list(rows[0])
+
+    def __getitem__(self, column: str) -> list[Any]:
+        return [r[column] for r in self.rows]
+
+
+def _fake_datasets(monkeypatch: pytest.MonkeyPatch, load: Any) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load))
+
+
+def test_hf_dataset_splits_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def load(name: str, config: str | None) -> dict[str, _FakeSplit]:
+        calls.append((name, config))
+        return {"train": _FakeSplit(ROWS[:40]), "test": _FakeSplit(ROWS[40:])}
+
+    _fake_datasets(monkeypatch, load)
+    d = {"name": "hf", "hf_name": "org/qa", "hf_config": "main", "n_train": None, "n_validation": None}
+    cfg = DataConfig.from_dict(d | {"n_test": None, "prompt_field": "question", "response_field": "answer"})
+    splits = load_splits(cfg)
+    assert calls == [("org/qa", "main")]
+    assert [len(v) for v in splits.values()] == [36, 4, 10]  # validation carved 1/9 of 40
+    assert {e.prompt for e in splits["test"]} == {r["question"] for r in ROWS[40:]}
+
+
+# --- every user mistake: one line naming key and value ----------------------------------------
+
+
+def _hub_down(name: str, config: str | None) -> None:
+    raise ConnectionError(f"Couldn't reach\n'{name}' on the Hub (LocalEntryNotFoundError)")
+
+
+def _bad_file(tmp: Path, name: str, content: bytes | str | list[dict[str, Any]], **kw: Any) -> dict:
+    path = tmp / name
+    if isinstance(content, list):
+        _write(path, content)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return {"name": "file", "path": str(path)} | kw
+
+
+FILE_CASES = {
+    "missing file": (lambda t: {"name": "file", "path": str(t / "nope.jsonl")}, "data.path", "no such file"),
+    "directory": (lambda t: {"name": "file", "path": str(t)}, "data.path", "not a file"),
+    "empty file": (lambda t: _bad_file(t, "e.jsonl", ""), "data.path", "empty"),
+    "header only": (lambda t: _bad_file(t, "h.csv", "prompt,response\n"), "data.path", "no rows"),
+    "unknown extension": (lambda t: _bad_file(t, "d.txt", "x"), "data.path", "data.format"),
+    "bad json line": (
+        lambda t: _bad_file(t, "b.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": \n'),
+        "data.path",
+        "line 2",
+    ),
+    "json not object": (lambda t: _bad_file(t, "l.jsonl", "[1, 2]\n"), "data.path", "line 1"),
+    "bad csv": (lambda t: _bad_file(t, "b.csv", "prompt,response\na,b\nc,d,e\n"), "data.path", "line 3"),
+    "bad parquet": (lambda t: _bad_file(t, "b.parquet", b"PAR1 not really"), "data.path", "parquet"),
+    "not utf-8": (lambda t: _bad_file(t, "u.jsonl", b'{"prompt": "\xff"}\n'), "data.path", "UTF-8"),
+    "missing prompt field": (
+        lambda t: _bad_file(t, "f.jsonl", ROWS[:3], prompt_field="q", response_field="answer"),
+        "data.prompt_field",
+        "['question', 'answer']",
+    ),
+    "missing response field": (
+        lambda t: _bad_file(t, "f.csv", ROWS[:3], prompt_field="question"),
+        "data.response_field",
+        "['question', 'answer']",
+    ),
+    "empty csv cell": (
+        lambda t: _bad_file(t, "n.csv", "prompt,response\na,b\nc,\n"),
+        "data.response_field",
+        "row 2",
+    ),
+    "number in jsonl": (
+        lambda t: _bad_file(t, "n.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": 7, "response": "c"}'),
+        "data.prompt_field",
+        "row 2",
+    ),
+    "null in parquet": (
+        lambda t: _bad_file(
+            t, "n.parquet", [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": None}]
+        ),
+        "data.response_field",
+        "row 2",
+    ),
+    "missing key in jsonl": (
+        lambda t: _bad_file(t, "k.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n'),
+        "data.response_field",
+        "row 2",
+    ),
+    "too few rows to split": (
+        lambda t: _bad_file(t, "s.jsonl", [{"prompt": "a", "response": "b"}] * 3),
+        "data.path",
+        "too few",
+    ),
+}
+
+CONFIG_CASES = {
+    "unknown task": ({"name": "poetry"}, "data.name", "poetry"),
+    "unknown key": ({"name": "dates", "n_trian": 5}, "data.n_trian", 5),
+    "zero count": ({"name": "dates", "n_train": 0}, "data.n_train", 0),
+    "string count": ({"name": "dates", "n_test": "10"}, "data.n_test", "10"),
+    "bool count": ({"name": "dates", "n_validation": True}, "data.n_validation", True),
+    "null count for task": ({"name": "arithmetic", "n_train": None}, "data.n_train", None),
+    "negative max_length": ({"name": "dates", "max_length": -1}, "data.max_length", -1),
+    "float seed": ({"name": "dates", "seed": 1.5}, "data.seed", 1.5),
+    "bad format": ({"name": "file", "path": "x", "format": "xml"}, "data.format", "xml"),
+    "fractions sum": (
+        {"name": "file", "path": "x", "split_fractions": [0.5, 0.1, 0.1]},
+        "data.split_fractions",
+        [0.5, 0.1, 0.1],
+    ),
+    "fractions length": (
+        {"name": "file", "path": "x", "split_fractions": [1.0]},
+        "data.split_fractions",
+        [1.0],
+    ),
+    "zero test fraction": (
+        {"name": "file", "path": "x", "split_fractions": [0.9, 0.1, 0]},
+        "data.split_fractions",
+        [0.9, 0.1, 0],
+    ),
+    "path for a task": ({"name": "dates", "path": "my.jsonl"}, "data.path", "my.jsonl"),
+    "hf_name for file": ({"name": "file", "path": "x", "hf_name": "a/b"}, "data.hf_name", "a/b"),
+    "file without path": ({"name": "file"}, "data.path", None),
+    "hf without name": ({"name": "hf"}, "data.hf_name", None),
+    "empty field name": ({"name": "file", "path": "x", "prompt_field": ""}, "data.prompt_field", ""),
+}
+
+
+def _assert_config_error(err: ConfigError, key: str, value: Any) -> None:
+    assert err.key == key and err.value == value
+    assert str(err).startswith(f"{key}={value!r}: ")
+    assert "\n" not in str(err) and len(str(err)) < 400
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_bad_file_raises_config_error(tmp_path: Path, case: str) -> None:
+    make, key, hint = FILE_CASES[case]
+    d = make(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_splits(DataConfig.from_dict(d))
+    # Field errors name the configured column; everything else names the file.
+    value = d.get(key[5:], key[5:-6]) if key.endswith("_field") else d["path"]
+    _assert_config_error(err.value, key, value)
+    assert hint in str(err.value)
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_bad_config_raises_config_error(case: str) -> None:
+    d, key, value = CONFIG_CASES[case]
+    with pytest.raises(ConfigError) as err:
+        DataConfig.from_dict(d)
+    _assert_config_error(err.value, key, value)
+
+
+@pytest.mark.parametrize("load", [None, _hub_down], ids=["not installed", "hub down"])
+def test_hf_failures_raise_config_error(monkeypatch: pytest.MonkeyPatch, load: Any) -> None:
+    if load is None:
+        monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    else:
+        _fake_datasets(monkeypatch, load)
+    with pytest.raises(ConfigError) as err:
+        load_splits(DataConfig.from_dict({"name": "hf", "hf_name": "org/qa"}))
+    _assert_config_error(err.value, "data.hf_name", "org/qa")
+    assert ("pip install datasets" if load is None else "Couldn't reach 'org/qa'") in str(err.value)

@@ -20,6 +20,7 @@ from ablate.errors import ConfigError
 CONF = Path(__file__).resolve().parent.parent / "conf"
 COMMANDS = ("train", "study", "report", "worker")
 DEFAULT_ARM = ("lora", "adapter")
+ALL_COMPONENTS = ("lora", "adapter", "prefix", "prompt")
 _OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[\w.@/-]+)=(?P<value>.*)$")
 
 
@@ -108,11 +109,14 @@ def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _task(command: str) -> Callable[[Any], Any]:
-    if command == "train":
-        from ablate.commands import train_command
+    from ablate import commands
 
-        return train_command
-    raise ConfigError("command", command, "not available yet")
+    return {
+        "train": commands.train_command,
+        "study": commands.study_command,
+        "worker": commands.study_command,  # a worker is a study process sharing storage with others
+        "report": commands.report_command,
+    }[command]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +125,15 @@ def main(argv: list[str] | None = None) -> None:
         command = args.pop(0)
     else:
         command = "study" if any(a.split("=", 1)[0] == "study" for a in args) else "train"
+    if command != "train" and not any(a.split("=", 1)[0].lstrip("+~") == "peft" for a in args):
+        # A study's arms pick their components; every component's fixed fields must be composed.
+        args = ["peft=[" + ",".join(ALL_COMPONENTS) + "]", *args]
+    if command != "train" and not any(a.split("=", 1)[0] == "study" for a in args):
+        print(
+            f"error: study=None: ablate {command} needs a study, e.g. ablate {command} study=lora_vs_adapter",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         args = normalize_overrides(args)
         task = _task(command)

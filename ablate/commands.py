@@ -55,3 +55,60 @@ def summary(arm: str, quant: str, m: dict[str, float], run_id: str | None, uri: 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use the `ablate` command")
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed without @hydra.main (tests)
+        return []
+
+
+def study_command(cfg: DictConfig) -> dict[str, Any]:
+    """``ablate study=NAME``: search every arm, match, replicate, report; resumable."""
+    from ablate.study import StudyRunner
+
+    runner = StudyRunner(plain(cfg), _overrides())
+    result = runner.run()
+    print(study_summary(runner, result))
+    return result
+
+
+def study_summary(runner: Any, result: dict[str, Any]) -> str:
+    import statistics
+
+    lines = [f"study {runner.spec.name}: storage {runner.spec.storage_url}"]
+    for arm in runner.arms:
+        study = result["studies"][arm.name]
+        reps = study.user_attrs.get("replicates") or {}
+        ems = [r["test_em"] for r in reps.values()]
+        params = next(iter(reps.values()))["trainable_params"] if reps else float("nan")
+        spread = f" ± {statistics.stdev(ems):.3f} (sd)" if len(ems) > 1 else ""
+        mean = f"{statistics.fmean(ems):.3f}" if ems else "n/a"
+        lines.append(
+            f"  {arm.name:<22} test EM {mean}{spread} over {len(ems)} seeds, {int(params) if reps else 0:,} trainable params"
+        )
+    if result.get("report"):
+        lines.append(f"  report: {result['report']}/report.md (and report.html)")
+    if runner.tracking.backend == "mlflow":
+        lines.append(
+            f"  runs: mlflow ui --backend-store-uri {runner.tracking.uri}   (experiment {runner.spec.name})"
+        )
+    return "\n".join(lines)
+
+
+def report_command(cfg: DictConfig) -> str:
+    """``ablate report study=NAME``: rebuild reports/NAME/ from what was recorded."""
+    from pathlib import Path
+
+    from ablate.report import build_report
+    from ablate.study import StudyConfig
+
+    spec = StudyConfig.from_dict(plain(cfg).get("study") or {})
+    tracking = plain(cfg).get("tracking") or {}
+    uri = tracking.get("uri") if tracking.get("backend") == "mlflow" else None
+    out = build_report(spec.name, spec.storage_url, uri, Path("reports") / spec.name, baseline=spec.baseline)
+    print(f"report: {out}/report.md (and report.html)")
+    return str(out)

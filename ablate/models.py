@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +106,7 @@ def _tiny_checkpoint(cfg: ModelConfig) -> tuple[Path, Any]:
     if not (path / "config.json").exists():
         torch.manual_seed(0)
         model = LlamaForCausalLM(LlamaConfig(**spec))
-        tmp = path.with_name(path.name + f".tmp{torch.randint(0, 10**9, ()).item()}")
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:

@@ -159,4 +159,6 @@ def test_real_process_exit_code_and_cfg_job(workdir):
         cwd=workdir,
     )
     assert shown.returncode == 0, shown.stderr
-    assert "prompt:" in shown.stdout and "adapter:" not in shown.stdout
+    import yaml
+
+    assert set(yaml.safe_load(shown.stdout)["peft"]) == {"lora", "prompt"}

@@ -102,6 +102,8 @@ def apply(model: nn.Module, cfg: LoraConfig) -> Attached:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, layer.get_base_layer())
+        if hasattr(model, "peft_config"):  # set by inject_adapter_in_model
+            del model.peft_config
 
     return Attached(
         "lora",

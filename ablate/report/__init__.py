@@ -1,0 +1,69 @@
+"""Comparison report of a study: every arm against the LoRA-only baseline.
+
+``build_report`` reads only what the study recorded (the Optuna storage and,
+when given, MLflow) and writes ``report.md``, a self-contained ``report.html``,
+``trials.csv``, ``replicates.csv``, ``summary.csv`` and the figures into
+``out_dir``. ``log_report`` attaches those files to the study's MLflow run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ablate.errors import ConfigError
+
+REPORT_ARTIFACT_PATH = "report"
+
+
+def build_report(
+    study: str,
+    storage: str,
+    tracking_uri: str | None,
+    out_dir: Path,
+    baseline: str = "lora",
+    alpha: float = 0.05,
+) -> Path:
+    """Rebuild the report of ``study`` from ``storage`` (+ MLflow at ``tracking_uri``) into ``out_dir``."""
+    # Heavy imports (pandas, scipy, matplotlib) only when a report is actually built.
+    from ablate.report import figures, render
+    from ablate.report.collect import collect
+    from ablate.report.summary import display_table, summarise
+
+    if not 0 < alpha < 1:
+        raise ConfigError("alpha", alpha, "must be between 0 and 1")
+    data = collect(study, storage, tracking_uri)
+    if baseline not in data.arms.index:
+        raise ConfigError(
+            "baseline", baseline, f"no such arm in study {study!r} (arms: {list(data.arms.index)})"
+        )
+    summary = summarise(data, baseline, alpha)
+    table = display_table(summary)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figs, imp = figures.all_figures(data, summary, out_dir / "figures")
+    data.trials.to_csv(out_dir / "trials.csv", index=False)
+    data.replicates.to_csv(out_dir / "replicates.csv", index=False)
+    summary.numbers.to_csv(out_dir / "summary.csv", index=False)
+    (out_dir / "report.md").write_text(
+        render.markdown(study, summary, table, figs, imp, out_dir), encoding="utf-8"
+    )
+    (out_dir / "report.html").write_text(render.html_page(study, summary, table, figs, imp), encoding="utf-8")
+    return out_dir
+
+
+def log_report(tracking_uri: str, study_run_id: str, out_dir: Path) -> None:
+    """Log every file of ``out_dir`` as artifacts of the study run, under ``report/``."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri).log_artifacts(study_run_id, str(out_dir), REPORT_ARTIFACT_PATH)
+
+
+def find_study_run(tracking_uri: str, study: str) -> str | None:
+    """Run id of the newest study-level MLflow run of ``study`` (for ``log_report``), None if absent."""
+    from ablate.report.collect import find_study_run as _find
+
+    return _find(tracking_uri, study)
+
+
+__all__ = ["REPORT_ARTIFACT_PATH", "build_report", "find_study_run", "log_report"]

@@ -1,0 +1,176 @@
+"""Read what a study recorded (Optuna storage, MLflow) into plain pandas tables.
+
+The report never recomputes or re-runs anything: every number it prints comes
+from these frames, which come from the storage and the tracking server alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from ablate.errors import ConfigError
+
+STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+
+
+@dataclass
+class StudyData:
+    """Everything the report reads, as frames (one row per arm / trial / replicate / curve point)."""
+
+    name: str
+    arms: pd.DataFrame  # index arm: components, quant, is_baseline, matched_to, objective, best_config, ...
+    trials: pd.DataFrame  # arm, number, state, value(s), params.*, metrics.*, reason, mlflow_run_id
+    replicates: pd.DataFrame  # arm, seed, test_em, test_loss, ..., knockout/<c>/test_em
+    studies: dict[str, optuna.Study] = field(default_factory=dict)
+    curves: pd.DataFrame | None = None  # arm, seed, run_id, step, val_loss (None: no tracking URI)
+    curves_note: str = ""
+
+
+def _check_storage(storage: str, study: str) -> None:
+    # Optuna would silently create an empty SQLite file for a mistyped path: refuse instead.
+    if storage.startswith("sqlite:///"):
+        path = Path(storage.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise ConfigError("storage", storage, f"no such SQLite file; cannot read study {study!r}")
+
+
+def load_studies(study: str, storage: str) -> dict[str, optuna.Study]:
+    """The per-arm Optuna studies ``<study>/<arm>``, keyed by arm, in storage order."""
+    _check_storage(storage, study)
+    names = optuna.study.get_all_study_names(storage=storage)
+    prefix = f"{study}/"
+    # Arm names never contain "/": ``NAME/<arm>/replicate`` are the replication studies, not arms.
+    arms = {n[len(prefix) :]: n for n in names if n.startswith(prefix) and "/" not in n[len(prefix) :]}
+    if not arms:
+        known = sorted({n.split("/", 1)[0] for n in names})
+        raise ConfigError("study", study, f"not in storage {storage} (studies there: {known or 'none'})")
+    return {arm: optuna.load_study(study_name=name, storage=storage) for arm, name in arms.items()}
+
+
+def _objective_names(st: optuna.Study) -> list[str]:
+    obj = st.user_attrs.get("objective", "val_loss")
+    names = [obj] if isinstance(obj, str) else list(obj)
+    n = len(st.directions)
+    return names[:n] + [f"value_{i}" for i in range(len(names), n)]
+
+
+def arms_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
+    rows = []
+    for arm, st in studies.items():
+        ua = st.user_attrs
+        rows.append(
+            {
+                "arm": ua.get("arm", arm),
+                "components": list(ua.get("components", [])),
+                "quant": ua.get("quant", "none"),
+                "is_baseline": bool(ua.get("is_baseline", False)),
+                "matched_to": ua.get("matched_to"),
+                "objective": _objective_names(st),
+                "directions": [d.name.lower() for d in st.directions],
+                "best_config": ua.get("best_config") or {},
+                "n_trials_budget": ua.get("n_trials"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("arm", drop=False)
+
+
+def trials_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
+    """One row per search trial of every arm: the content of ``trials.csv``."""
+    rows = []
+    for arm, st in studies.items():
+        objective = _objective_names(st)
+        for t in st.get_trials(deepcopy=False):
+            row: dict[str, Any] = {
+                "arm": arm,
+                "number": t.number,
+                "state": STATE_NAMES.get(t.state.name, t.state.name.lower()),
+            }
+            values = t.values or [math.nan] * len(objective)
+            row.update({f"value.{name}": v for name, v in zip(objective, values, strict=False)})
+            row.update({f"params.{k}": v for k, v in t.params.items()})
+            metrics = t.user_attrs.get("metrics") or {}
+            row.update({f"metrics.{k}": v for k, v in metrics.items()})
+            row["reason"] = t.user_attrs.get("reason", "")
+            row["mlflow_run_id"] = t.user_attrs.get("mlflow_run_id", "")
+            row["duration_s"] = t.duration.total_seconds() if t.duration is not None else math.nan
+            rows.append(row)
+    cols = ["arm", "number", "state"]
+    df = pd.DataFrame(rows, columns=None if rows else cols)
+    first = [c for c in df.columns if c in cols or c.startswith("value.")]
+    groups = [[c for c in df.columns if c.startswith(p)] for p in ("params.", "metrics.")]
+    rest = [c for c in df.columns if c not in first and not any(c in g for g in groups)]
+    return df[first + sorted(groups[0]) + sorted(groups[1]) + rest]
+
+
+def replicates_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
+    """One row per (arm, seed) from each arm's ``replicates`` user attribute."""
+    rows = []
+    for arm, st in studies.items():
+        for seed, metrics in (st.user_attrs.get("replicates") or {}).items():
+            rows.append({"arm": arm, "seed": int(seed), **metrics})
+    df = pd.DataFrame(rows, columns=None if rows else ["arm", "seed", "test_em", "test_loss"])
+    return df.sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
+
+
+def val_loss_curves(tracking_uri: str, study: str, replicates: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """``val_loss`` histories of the replicate runs, found through their recorded MLflow run ids."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    rows, missing = [], 0
+    for rec in replicates.to_dict("records"):
+        run_id = rec.get("mlflow_run_id")
+        if not isinstance(run_id, str) or not run_id:
+            missing += 1
+            continue
+        try:
+            history = client.get_metric_history(run_id, "val_loss")
+        except Exception:  # a deleted run or another server: say so below, keep the report
+            missing += 1
+            continue
+        rows += [
+            {"arm": rec["arm"], "seed": rec["seed"], "run_id": run_id, "step": m.step, "val_loss": m.value}
+            for m in history
+        ]
+    note = f"{missing} replicate run(s) had no MLflow history at {tracking_uri}." if missing else ""
+    cols = ["arm", "seed", "run_id", "step", "val_loss"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["arm", "seed", "step"]), note
+
+
+def find_study_run(tracking_uri: str, study: str) -> str | None:
+    """Run id of the newest ``ablate.level=study`` run in experiment ``study`` (None when absent)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`ablate.level` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def collect(study: str, storage: str, tracking_uri: str | None) -> StudyData:
+    studies = load_studies(study, storage)
+    data = StudyData(
+        name=study,
+        arms=arms_frame(studies),
+        trials=trials_frame(studies),
+        replicates=replicates_frame(studies),
+        studies=studies,
+    )
+    if tracking_uri is None:
+        data.curves_note = "No tracking URI given, so no learning curves (they live in MLflow)."
+    else:
+        data.curves, data.curves_note = val_loss_curves(tracking_uri, study, data.replicates)
+    return data

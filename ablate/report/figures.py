@@ -1,0 +1,243 @@
+"""The report's figures, one function each, saved as PNG; each says why when it is skipped.
+
+Headless by construction (Agg): reports are built on servers and in CI.
+Optuna's own matplotlib plots are used where they fit (optimisation history);
+the cross-arm figures are drawn here because Optuna plots one study at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+
+from ablate.report import stats  # noqa: E402
+from ablate.report.collect import StudyData  # noqa: E402
+from ablate.report.summary import METRIC, Summary  # noqa: E402
+
+MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA's forest on 2-3 points says nothing; below this we skip
+
+
+@dataclass
+class Fig:
+    """A figure for the report: ``path`` is None when skipped, and ``note`` says why."""
+
+    title: str
+    path: Path | None
+    note: str = ""
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _colors(arms: list[str]) -> dict[str, str]:
+    cmap = plt.get_cmap("tab10")
+    return {a: matplotlib.colors.to_hex(cmap(i % 10)) for i, a in enumerate(arms)}
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def metric_vs_params(data: StudyData, s: Summary, out: Path) -> Fig:
+    """Search trials' val EM and replicate test EM against trainable params, Pareto front per arm."""
+    title = "Task metric vs trainable parameters"
+    t = data.trials
+    have = {"metrics.val_em", "metrics.trainable_params"} <= set(t.columns)
+    t = (
+        t[(t["state"] == "complete")].dropna(subset=["metrics.val_em", "metrics.trainable_params"])
+        if have
+        else t
+    )
+    if (not have or t.empty) and s.numbers["seeds"].sum() == 0:
+        return Fig(title, None, "No complete trials and no replicates recorded yet.")
+    colors = _colors(list(s.numbers.index))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for arm in s.numbers.index:
+        at = t[t["arm"] == arm] if have else t.iloc[0:0]
+        if len(at):
+            x, y = at["metrics.trainable_params"].to_numpy(), 100 * at["metrics.val_em"].to_numpy()
+            ax.scatter(x, y, s=14, alpha=0.45, color=colors[arm])
+            front = sorted(stats.pareto_front(x, y), key=lambda i: x[i])
+            ax.step(x[front], y[front], where="post", color=colors[arm], alpha=0.8, lw=1.2)
+        r = s.numbers.loc[arm]
+        if r["seeds"] > 0 and not math.isnan(r["trainable_params"]):
+            err = 0 if math.isnan(r["em_lo"]) else 100 * (r["em_hi"] - r["em_lo"]) / 2
+            marker = "*" if arm == s.baseline else "D"
+            ax.errorbar(
+                r["trainable_params"],
+                100 * r["em_mean"],
+                yerr=err,
+                fmt=marker,
+                ms=13 if marker == "*" else 8,
+                color=colors[arm],
+                mec="black",
+                capsize=3,
+                label=f"{arm}" + (" (baseline)" if arm == s.baseline else ""),
+            )
+        elif len(at):
+            ax.scatter([], [], color=colors[arm], label=arm)
+    base = s.numbers.loc[s.baseline]
+    if base["seeds"] > 0:
+        ax.axhline(100 * base["em_mean"], color="grey", ls="--", lw=1, label="baseline test EM")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log)")
+    ax.set_ylabel("EM (points)")
+    ax.set_title(
+        "dots: search trials (val EM), line: Pareto front; markers: replicate test EM ± 95% CI", fontsize=9
+    )
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    return Fig(title, _save(fig, out / "metric_vs_params.png"))
+
+
+def _target(st: optuna.Study, objective: list[str]) -> tuple[object, str]:
+    if len(st.directions) == 1:
+        return None, objective[0]
+    return (lambda tr: tr.values[0]), objective[0]
+
+
+def optimisation_history(data: StudyData, out: Path) -> list[Fig]:
+    figs = []
+    for arm, st in data.studies.items():
+        title = f"Optimisation history: {arm}"
+        done = [t for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        if not done:
+            figs.append(
+                Fig(title, None, f"{arm} has no complete search trials (replicated only, or still running).")
+            )
+            continue
+        target, name = _target(st, data.arms.loc[arm, "objective"])
+        # Optuna's plots switch the global style to ggplot; rc_context keeps that to this figure.
+        with warnings.catch_warnings(), plt.rc_context():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            ax = optuna.visualization.matplotlib.plot_optimization_history(
+                st, target=target, target_name=name
+            )
+            ax.set_title(title)
+            ax.figure.set_size_inches(6, 3.6)
+            figs.append(Fig(title, _save(ax.figure, out / f"history_{slug(arm)}.png")))
+    return figs
+
+
+def importances(data: StudyData) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Per-arm fANOVA importances (seeded, so reports are reproducible) and per-arm skip reasons."""
+    result, skipped = {}, {}
+    for arm, st in data.studies.items():
+        done = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        params = {p for t in done for p in t.params}
+        if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
+            skipped[arm] = f"{len(done)} complete trial(s), fewer than {MIN_TRIALS_FOR_IMPORTANCE}"
+        elif len(params) < 2:
+            skipped[arm] = f"only {len(params)} searched parameter, nothing to rank"
+        else:
+            target, _ = _target(st, data.arms.loc[arm, "objective"])
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result[arm] = optuna.importance.get_param_importances(st, evaluator=evaluator, target=target)
+    return result, skipped
+
+
+def importance_figure(imp: dict[str, dict[str, float]], skipped: dict[str, str], out: Path) -> Fig:
+    title = "Hyperparameter importance (fANOVA)"
+    notes = "; ".join(f"{a}: skipped ({why})" for a, why in skipped.items())
+    if not imp:
+        return Fig(title, None, notes or "No arm with search trials.")
+    fig, axes = plt.subplots(1, len(imp), figsize=(4 * len(imp), 2.8), squeeze=False)
+    for ax, (arm, values) in zip(axes[0], imp.items(), strict=True):
+        names = list(values)[::-1]
+        ax.barh(names, [values[n] for n in names], color="tab:blue")
+        ax.set_title(arm, fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("importance")
+    return Fig(title, _save(fig, out / "importance.png"), notes)
+
+
+def learning_curves(data: StudyData, s: Summary, out: Path) -> Fig:
+    title = "Eval-loss learning curves of the replicated best configurations"
+    if data.curves is None or data.curves.empty:
+        return Fig(title, None, data.curves_note or "No val_loss history recorded for the replicate runs.")
+    colors = _colors(list(s.numbers.index))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for arm, g in data.curves.groupby("arm", sort=False):
+        for _, run in g.groupby("seed"):
+            ax.plot(run["step"], run["val_loss"], color=colors.get(arm, "black"), alpha=0.3, lw=1)
+        mean = g.groupby("step")["val_loss"].mean()
+        ax.plot(
+            mean.index,
+            mean.to_numpy(),
+            color=colors.get(arm, "black"),
+            lw=2.2,
+            label=f"{arm} (mean of seeds)",
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("val loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return Fig(title, _save(fig, out / "learning_curves.png"), data.curves_note)
+
+
+def overhead(s: Summary, out: Path) -> Fig:
+    title = "Overhead relative to the baseline (replicate means)"
+    cols = {"params_ratio": "trainable params", "step_time_ratio": "step time", "mem_ratio": "peak memory"}
+    df = s.numbers[list(cols)].rename(columns=cols).astype(float)
+    df = df.drop(index=s.baseline).dropna(how="all")
+    if df.empty:
+        return Fig(title, None, "No replicate costs recorded for both the baseline and another arm.")
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    df.plot.bar(ax=ax, rot=0, color=["tab:purple", "tab:orange", "tab:green"])
+    ax.axhline(1.0, color="black", lw=1, ls="--")
+    ax.set_ylabel(f"ratio to {s.baseline}")
+    ax.grid(alpha=0.3, axis="y")
+    return Fig(title, _save(fig, out / "overhead.png"))
+
+
+def knockout(data: StudyData, s: Summary, out: Path) -> Fig:
+    """Each combination arm's test EM with all components, then with each one switched off."""
+    title = "Component knockout (test EM with one component switched off at evaluation)"
+    reps = data.replicates
+    ko_cols = [c for c in reps.columns if c.startswith("knockout/") and c.endswith(f"/{METRIC}")]
+    arms = [a for a in s.numbers.index if ko_cols and reps.loc[reps["arm"] == a, ko_cols].notna().any().any()]
+    if not arms:
+        return Fig(title, None, "No arm with more than one component recorded knockout metrics.")
+    fig, axes = plt.subplots(1, len(arms), figsize=(4 * len(arms), 3.4), squeeze=False)
+    for ax, arm in zip(axes[0], arms, strict=True):
+        rep = reps[reps["arm"] == arm]
+        cols = [METRIC] + [c for c in ko_cols if rep[c].notna().any()]
+        ivs = [stats.t_interval(rep[c]) for c in cols]
+        labels = ["all on"] + [f"no {c.split('/')[1]}" for c in cols[1:]]
+        err = [0 if math.isnan(iv.lo) else 100 * (iv.hi - iv.lo) / 2 for iv in ivs]
+        ax.bar(
+            labels,
+            [100 * iv.mean for iv in ivs],
+            yerr=err,
+            capsize=3,
+            color=["tab:blue"] + ["tab:gray"] * (len(cols) - 1),
+        )
+        ax.set_title(arm, fontsize=10)
+        ax.set_ylabel("test EM (points)")
+        ax.grid(alpha=0.3, axis="y")
+    return Fig(title, _save(fig, out / "knockout.png"))
+
+
+def all_figures(data: StudyData, s: Summary, out: Path) -> tuple[list[Fig], dict[str, dict[str, float]]]:
+    imp, skipped = importances(data)
+    figs = [metric_vs_params(data, s, out), *optimisation_history(data, out)]
+    figs += [importance_figure(imp, skipped, out), learning_curves(data, s, out), overhead(s, out)]
+    figs.append(knockout(data, s, out))
+    return figs, imp

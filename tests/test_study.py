@@ -1,0 +1,278 @@
+"""Studies on model=tiny: composition, equal budgets, resume, pruning, matched arm, isolation, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from ablate.cli import CONF, normalize_overrides
+from ablate.search import parse_space
+from ablate.study import MATCHED, StudyConfig, parse_arms
+from tests.test_cli import run_cli
+
+STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
+SMOKE = ["model=tiny", "budget=smoke", "study.report=false"]
+
+
+def composed(*overrides: str) -> dict:
+    args = normalize_overrides(["peft=[lora,adapter,prefix,prompt]", *overrides])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=args), resolve=True)
+
+
+def storage_studies(url: str) -> dict[str, optuna.Study]:
+    storage = optuna.storages.RDBStorage(url)
+    return {
+        s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+        for s in optuna.get_all_study_summaries(storage)
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_shipped_study_has_baseline_and_matched_arm(name):
+    cfg = composed(f"study={name}")
+    spec = StudyConfig.from_dict(cfg["study"])
+    arms = parse_arms(spec, cfg["quant"]["method"])
+    names = [a.name for a in arms]
+    assert spec.baseline == "lora" and "lora" in names
+    assert names[-1] == MATCHED and arms[-1].components == ("lora",)
+    if name == "all_combos":
+        assert names[:-1] == [
+            "lora",
+            "adapter",
+            "prefix",
+            "prompt",
+            "lora+adapter",
+            "lora+prefix",
+            "lora+prompt",
+        ]
+        assert {a.quant for a in arms} == {"nf4"}
+    if name == "qlora_vs_lora":
+        assert [(a.name, a.quant) for a in arms[:2]] == [("lora", "none"), ("lora@nf4", "nf4")]
+
+
+def test_search_space_is_conditional_on_the_arm_and_overridable():
+    cfg = composed("study=lora_vs_adapter", "search.lora.r.high=128", "search.adapter.width.low=2")
+    lora = {d.name: d for d in parse_space(cfg["search"], ("lora",))}
+    both = {d.name: d for d in parse_space(cfg["search"], ("lora", "adapter"))}
+    assert set(lora) == {"lora.r", "lora.alpha", "lora.lr", "lora.dropout"}
+    assert set(both) == set(lora) | {"adapter.width", "adapter.lr", "adapter.dropout"}
+    assert (lora["lora.r"].kind, lora["lora.r"].low, lora["lora.r"].high, lora["lora.r"].log) == (
+        "int",
+        4,
+        128,
+        True,
+    )
+    assert both["adapter.width"].low == 2 and lora["lora.lr"].kind == "float"
+    # sampled values respect the ranges, and only the arm's parameters exist
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        for d in both.values():
+            value = d.suggest(trial)
+            assert d.low <= value <= d.high
+        assert set(trial.params) == set(both)
+        study.tell(trial, 0.0)
+
+
+def test_smoke_study_equal_budgets_matched_arm_and_resume(workdir, capsys):
+    code, out, err = run_cli(["study=lora_vs_adapter", *SMOKE], capsys)
+    assert code == 0, err
+    url = "sqlite:///studies/lora_vs_adapter.db"
+    studies = storage_studies(url)
+    # equal budgets: every searched arm spent exactly n_trials=3 trials
+    for arm in ("lora", "lora+adapter"):
+        assert len(studies[f"lora_vs_adapter/{arm}"].trials) == 3
+        # parameters exist only for the arm's components
+        for t in studies[f"lora_vs_adapter/{arm}"].trials:
+            assert {p.split(".")[0] for p in t.params} == set(arm.split("+"))
+    # replication: K=2 seeds per arm, test split, recorded on the arm study
+    for arm in ("lora", "lora+adapter", MATCHED):
+        reps = studies[f"lora_vs_adapter/{arm}"].user_attrs["replicates"]
+        assert sorted(reps) == ["1", "2"]
+        assert all(0.0 <= r["test_em"] <= 1.0 for r in reps.values())
+    # the parameter-matched arm is within 10% of the best combination it matches
+    matched = studies[f"lora_vs_adapter/{MATCHED}"]
+    combo = studies["lora_vs_adapter/" + matched.user_attrs["matched_to"]]
+    real = next(iter(matched.user_attrs["replicates"].values()))["trainable_params"]
+    target = next(iter(combo.user_attrs["replicates"].values()))["trainable_params"]
+    assert abs(real / target - 1) <= 0.10, (real, target)
+    assert real == matched.user_attrs["matched_params"]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient("sqlite:///mlflow.db")
+    exp = client.get_experiment_by_name("lora_vs_adapter")
+
+    def levels():
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        return runs, Counter((r.data.tags.get("ablate.level"), r.data.tags.get("phase")) for r in runs)
+
+    runs, count = levels()
+    assert count == {("study", None): 1, ("arm", None): 3, ("trial", "search"): 6, ("trial", "replicate"): 6}
+    by_id = {r.info.run_id: r for r in runs}
+    for r in runs:  # study > arm > trial
+        parent = r.data.tags.get("mlflow.parentRunId")
+        level = r.data.tags["ablate.level"]
+        expected = {"study": None, "arm": "study", "trial": "arm"}[level]
+        assert (by_id[parent].data.tags["ablate.level"] if parent else None) == expected
+        if level == "trial":
+            assert {"arm", "phase", "seed", "trial_number", "state"} <= set(r.data.tags)
+
+    # resume: nothing redone, nothing duplicated, the same MLflow runs reused
+    code, out2, err = run_cli(["study=lora_vs_adapter", *SMOKE], capsys)
+    assert code == 0, err
+    assert "trial" not in "".join(ln for ln in out2.splitlines() if ln.startswith("["))
+    again = storage_studies(url)
+    assert {k: len(v.trials) for k, v in again.items()} == {k: len(v.trials) for k, v in studies.items()}
+    runs2, count2 = levels()
+    assert count2 == count and {r.info.run_id for r in runs2} == set(by_id)
+
+
+def test_pruning_cuts_the_steps_spent(workdir, capsys):
+    common = [
+        *SMOKE,
+        "tracking=none",
+        "study.n_trials=8",
+        "study.seeds=1",
+        "study.sampler=random",
+        "study.matched=false",
+    ]
+    common += ["train.steps=12", "train.eval_every=2", "search.lora.lr.low=1e-6", "search.lora.lr.high=1e-1"]
+    spent = {}
+    for pruner in ("none", "median"):
+        name = f"prune_{pruner}"
+        code, _, err = run_cli(
+            ["study=lora_vs_prompt", f"study.name={name}", f"study.pruner={pruner}", *common], capsys
+        )
+        assert code == 0, err
+        studies = storage_studies(f"sqlite:///studies/{name}.db")
+        trials = [t for arm in ("lora", "lora+prompt") for t in studies[f"{name}/{arm}"].trials]
+        assert len(trials) == 16
+        spent[pruner] = sum(max(t.intermediate_values) for t in trials)
+        states = Counter(t.state for t in trials)
+        if pruner == "none":
+            assert states == {TrialState.COMPLETE: 16} and spent[pruner] == 16 * 12
+        else:
+            assert states[TrialState.PRUNED] >= 1
+            assert all(max(t.intermediate_values) < 12 for t in trials if t.state == TrialState.PRUNED)
+            assert all(
+                t.user_attrs["reason"].startswith("pruned at step")
+                for t in trials
+                if t.state == TrialState.PRUNED
+            )
+    assert spent["median"] < spent["none"]
+
+
+def test_trials_sharing_a_base_do_not_leak(tiny_bases):
+    """Trial A, then B, then A again on the same loaded base: A's numbers are identical."""
+    from ablate.config import TrialConfig
+    from ablate.run import prepare_data, run_trial
+    from ablate.tracking import Tracker
+
+    cfg = composed("model=tiny", "budget=smoke", "tracking=none")
+    base = tiny_bases["none"]
+    trial = {}
+    for arm in ("lora+adapter+prefix+prompt", "lora"):
+        plain = {**cfg, "peft": {c: cfg["peft"][c] for c in arm.split("+")}}
+        trial[arm] = TrialConfig.from_dict(plain)
+    data = prepare_data(trial["lora"].data, base.tokenizer)
+    names_before = {n for n, _ in base.model.named_parameters()}
+    first = run_trial(trial["lora"], base, data, Tracker()).metrics
+    run_trial(trial["lora+adapter+prefix+prompt"], base, data, Tracker())
+    again = run_trial(trial["lora"], base, data, Tracker()).metrics
+    for key in ("test_loss", "test_em", "val_loss", "trainable_params"):
+        assert first[key] == again[key], key
+    assert {n for n, _ in base.model.named_parameters()} == names_before
+    assert base.model.config._attn_implementation == "sdpa"
+
+
+BAD = [
+    (["study=nope"], "study", "nope"),
+    (["study=lora_vs_adapter", "study.arms=[lora,lora+foo]"], "study.arms", "foo"),
+    (["study=lora_vs_adapter", "study.baseline=lora+adapter"], "study.baseline", "lora+adapter"),
+    (["study=lora_vs_adapter", "search.prefix.length.high=64"], "search.prefix.length.high", "64"),
+    (["study=lora_vs_adapter", "search.lora.r.low=64", "search.lora.r.high=4"], "search.lora.r.low", "64"),
+    (["study=lora_vs_adapter", "+search.lora.targets={choices:[]}"], "search.lora.targets.choices", "[]"),
+    (["study=lora_vs_adapter", "study.n_trials=0"], "study.n_trials", "0"),
+    (["study=lora_vs_adapter", "study.seeds=-1"], "study.seeds", "-1"),
+    (["study=lora_vs_adapter", "study.storage=notaurl"], "study.storage", "notaurl"),
+    (["study=lora_vs_adapter", "study.storage=sqlite:////no/such/dir/x.db"], "study.storage", "/no/such/dir"),
+    (
+        ["study=lora_vs_adapter", "study.storage=postgresql://ablate:s3cret@127.0.0.1:1/nope"],
+        "study.storage",
+        "postgresql://ablate:***@127.0.0.1:1/nope",
+    ),
+]
+
+
+@pytest.mark.parametrize("args,key,value", BAD, ids=[b[1] + "=" + b[2] for b in BAD])
+def test_bad_study_input(args, key, value, workdir, capsys):
+    code, _, err = run_cli([*args, "model=tiny", "budget=smoke"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Failed to load CPU")]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and key in lines[0] and value in lines[0], lines[0]
+    assert "s3cret" not in err
+    assert not list(workdir.glob("studies/*")) and not (workdir / "mlflow.db").exists()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the local PostgreSQL, dropped afterwards."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(
+            host="127.0.0.1", user="postgres", dbname="test", connect_timeout=3, autocommit=True
+        )
+    except Exception:  # noqa: BLE001
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (.ci/run starts it)")
+    name = f"ablate_{uuid.uuid4().hex[:8]}"
+    admin.execute(f"CREATE DATABASE {name}")
+    yield f"postgresql://postgres@127.0.0.1/{name}"
+    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+def test_two_workers_share_one_postgres_study(workdir, postgres_url):
+    """Two worker processes on one PostgreSQL storage split the budget: no trial twice, none missing."""
+    url = postgres_url
+    args = [sys.executable, "-m", "ablate.cli", "worker", "study=lora_vs_adapter", *SMOKE, "tracking=none"]
+    args += [f"study.storage={url}", "study.n_trials=4"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [
+        subprocess.Popen(
+            args, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    studies = storage_studies(url)
+    for arm in ("lora", "lora+adapter"):
+        trials = studies[f"lora_vs_adapter/{arm}"].trials
+        assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        reps = studies[f"lora_vs_adapter/{arm}/replicate"].trials
+        assert sorted(t.params["seed"] for t in reps) == [1, 2]
+    workers = {
+        t.user_attrs["worker"]
+        for a in ("lora", "lora+adapter")
+        for t in studies[f"lora_vs_adapter/{a}"].trials
+    }
+    assert len(workers) == 2  # both processes really did search work

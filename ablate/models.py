@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,10 @@ from ablate.components.quant import QuantConfig, prepare
 from ablate.errors import ConfigError, require
 
 SOURCES = ("tiny", "pretrained")
+
+# bitsandbytes' CPU backend tries to fetch an optional kernel from the hub at import and logs a
+# warning when it cannot; the built-in CPU path works, so keep that line out of the user's output.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 @dataclass

@@ -276,3 +276,32 @@ def test_two_workers_share_one_postgres_study(workdir, postgres_url):
         for t in studies[f"lora_vs_adapter/{a}"].trials
     }
     assert len(workers) == 2  # both processes really did search work
+
+
+@pytest.mark.parametrize(
+    "sampler,pruner",
+    [("grid", "hyperband"), ("mo", "median"), ("random", "hyperband")],
+)
+def test_samplers_and_pruners(sampler, pruner, workdir, capsys):
+    name = f"s_{sampler}_{pruner}"
+    args = [
+        "study=lora_vs_adapter",
+        f"study.name={name}",
+        f"study.sampler={sampler}",
+        f"study.pruner={pruner}",
+    ]
+    args += [*SMOKE, "tracking=none", "study.seeds=1", "search.lora.r.high=8", "search.adapter.width.high=8"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    studies = storage_studies(f"sqlite:///studies/{name}.db")
+    arm = studies[f"{name}/lora+adapter"]
+    assert len(arm.trials) == 3
+    if sampler == "grid":  # every value comes from the declared grid (ints by powers of two from low)
+        assert {t.params["lora.r"] for t in arm.trials} <= {4, 8}
+        assert {t.params["adapter.width"] for t in arm.trials} <= {4, 8}
+    if sampler == "mo":  # maximise val EM, minimise trainable params: a Pareto front per arm
+        assert [d.name for d in arm.directions] == ["MAXIMIZE", "MINIMIZE"]
+        front = arm.best_trials
+        assert front and all(t.values[1] == t.user_attrs["metrics"]["trainable_params"] for t in front)
+        assert arm.user_attrs["best_trial"] in {t.number for t in front}
+    assert sorted(arm.user_attrs["replicates"]) == ["1"]

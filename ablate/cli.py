@@ -53,10 +53,24 @@ def _arm_list(value: str) -> list[str]:
     return [v.strip() for v in value.split("+") if v.strip()]
 
 
-def normalize_overrides(args: list[str]) -> list[str]:
-    """Rewrite ``peft=a+b`` to ``peft=[a,b]`` and check group options and component fields."""
-    from ablate.components import parse_arm
+def _parse_arm(names: list[str]) -> tuple[str, ...]:
+    known = _options("peft")
+    if not names:
+        raise ConfigError("peft", "", "select at least one component, e.g. peft=lora+adapter")
+    for name in names:
+        if name not in known:
+            raise ConfigError("peft", name, f"unknown component (known: {', '.join(known)})")
+    if len(set(names)) != len(names):
+        raise ConfigError("peft", "+".join(names), "a component is listed twice")
+    return tuple(names)
 
+
+def normalize_overrides(args: list[str]) -> list[str]:
+    """Rewrite ``peft=a+b`` to ``peft=[a,b]`` and check group options and component fields.
+
+    Components are checked against ``conf/peft/`` (one file per component) rather than the
+    registry, so that ``--help`` does not import torch.
+    """
     groups = set(_groups())
     out: list[str] = []
     arms: list[tuple[str, ...]] = [DEFAULT_ARM]
@@ -68,7 +82,7 @@ def normalize_overrides(args: list[str]) -> list[str]:
         key, value = m["key"], m["value"]
         if key == "peft":
             choices = _split_choices(value)
-            arms = [parse_arm(_arm_list(c), key="peft") for c in choices]
+            arms = [_parse_arm(_arm_list(c)) for c in choices]
             lists = ["[" + ",".join(a) + "]" for a in arms]
             out.append(f"{m['prefix']}peft=" + ",".join(lists))
             continue

@@ -150,7 +150,7 @@ def test_real_process_exit_code_and_cfg_job(workdir):
     assert bad.returncode == 2
     assert (
         bad.stderr.strip().splitlines()[-1]
-        == "error: peft='bogus': unknown component (known: lora, adapter, prefix, prompt)"
+        == "error: peft='bogus': unknown component (known: adapter, lora, prefix, prompt)"
     )
     shown = subprocess.run(
         [sys.executable, "-m", "ablate.cli", "train", "peft=lora+prompt", "--cfg", "job"],

@@ -33,7 +33,8 @@ class Dist:
         return f"{self.component}.{self.field}"
 
     def grid(self) -> list[Any]:
-        """Values for the grid sampler: the choices, every int step, or 3 points for a float."""
+        """Values for the grid sampler: the choices; ints by step, or by doubling from low with
+        log (high included); 3 points for a float (low, (geometric) middle, high)."""
         if self.kind == "categorical":
             return list(self.choices)
         if self.kind == "int":
@@ -42,7 +43,7 @@ class Dist:
                 while v <= self.high:
                     vals.append(v)
                     v *= 2
-                return vals
+                return vals if vals[-1] == int(self.high) else [*vals, int(self.high)]
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
         return [self.low, mid, self.high]

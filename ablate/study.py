@@ -160,9 +160,8 @@ def matched_rank(config: Any, lora_fields: Mapping[str, Any], target_params: int
 # --------------------------------------------------------------------------- storage
 
 
-def open_storage(url: str) -> Any:
-    """An Optuna RDB storage, or a one-line ConfigError; checked before anything is written."""
-    import optuna
+def check_storage(url: str) -> None:
+    """A one-line ConfigError for a malformed or unreachable storage URL; writes nothing."""
     import sqlalchemy
 
     shown = redact(url)
@@ -186,6 +185,13 @@ def open_storage(url: str) -> Any:
         except Exception as exc:  # noqa: BLE001 - unreachable host, bad credentials, missing driver
             reason = " ".join(str(exc).split())[:160]
             raise ConfigError("study.storage", shown, f"cannot connect: {reason}") from None
+
+
+def open_storage(url: str) -> Any:
+    """The Optuna RDB storage (creates its tables on first use); call ``check_storage`` first."""
+    import optuna
+    import sqlalchemy
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what happened
     for attempt in range(5):
         try:
@@ -328,13 +334,19 @@ class StudyRunner:
         for arm in self.arms:
             if not arm.searched:
                 continue
-            high = {}
+            high: dict[str, dict[str, Any]] = {}
             for d in self.spaces[arm.name]:
-                value = d.grid()[-1]
-                high.setdefault(d.component, {})[d.field] = int(value) if d.kind == "int" else value
+                if d.kind != "categorical":
+                    high.setdefault(d.component, {})[d.field] = int(d.high) if d.kind == "int" else d.high
             trial = self.trial_config(arm, high)
             base = self.base(trial)
-            components.attach(base.model, trial.peft, trial.data.max_length).detach()
+            try:
+                components.attach(base.model, trial.peft, trial.data.max_length).detach()
+            except ConfigError as err:  # name the search range that reaches the bad value
+                comp, _, fname = err.key.removeprefix("peft.").partition(".")
+                if fname in high.get(comp, {}):
+                    raise ConfigError(f"search.{comp}.{fname}.high", err.value, err.reason) from None
+                raise
 
     # -- optuna --------------------------------------------------------------
     def sampler(self, arm: Arm) -> Any:
@@ -397,12 +409,14 @@ class StudyRunner:
     def run(self) -> dict[str, Any]:
         from ablate.tracking import make_tracker
 
-        storage = open_storage(self.spec.storage_url)  # ConfigError before anything is written
-        self.lock = StorageLock(self.spec.storage_url)
+        # Every user mistake surfaces before the storage or MLflow is written to.
+        check_storage(self.spec.storage_url)
         first = next(iter(self.trials.values()))
         self.base(first)
         self.encoded(first, self.bases[first.quant.method])
         self.check_extremes()
+        storage = open_storage(self.spec.storage_url)
+        self.lock = StorageLock(self.spec.storage_url)
         tracker = make_tracker(self.tracking)
         studies = {a.name: self.optuna_study(storage, a) for a in self.arms}
         for study in studies.values():

@@ -211,6 +211,8 @@ BAD = [
     (["study=lora_vs_adapter", "search.lora.r.low=64", "search.lora.r.high=4"], "search.lora.r.low", "64"),
     (["study=lora_vs_adapter", "+search.lora.targets={choices:[]}"], "search.lora.targets.choices", "[]"),
     (["study=lora_vs_adapter", "study.n_trials=0"], "study.n_trials", "0"),
+    (["study=lora_vs_prefix", "search.prefix.length.high=200"], "search.prefix.length.high", "200"),
+    (["study=lora_vs_adapter", "data=file", "data.path=/no/such.jsonl"], "data.path", "/no/such.jsonl"),
     (["study=lora_vs_adapter", "study.seeds=-1"], "study.seeds", "-1"),
     (["study=lora_vs_adapter", "study.storage=notaurl"], "study.storage", "notaurl"),
     (["study=lora_vs_adapter", "study.storage=sqlite:////no/such/dir/x.db"], "study.storage", "/no/such/dir"),

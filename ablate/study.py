@@ -439,6 +439,7 @@ class StudyRunner:
                 with self._arm_run(tracker, srec, arm) as arec:
                     self.search(arm, studies[arm.name], tracker, arec, progress)
                     arec.log_metrics(_summary(studies[arm.name]))
+            self.wait_for_running([studies[a.name] for a in searched])
             matched = self.match(studies) if self.spec.matched else None
             for arm in self.arms:
                 with self._arm_run(tracker, srec, arm) as arec:
@@ -552,6 +553,23 @@ class StudyRunner:
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 break
 
+    def wait_for_running(self, studies: list[Any], poll_s: float = 5.0) -> None:
+        """Wait until no worker runs a trial of these studies: best configurations are pinned,
+        and replicate results summarised, only from finished work."""
+        from optuna.trial import TrialState
+
+        announced = False
+        while True:
+            for study in studies:
+                _fail_orphans(study)
+            running = sum(len(s.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) for s in studies)
+            if not running:
+                return
+            if not announced:
+                self.echo(f"waiting for {running} trial(s) running in other workers")
+                announced = True
+            time.sleep(poll_s)
+
     def best(self, study: Any) -> Any:
         """The search trial to replicate, pinned in the storage the first time it is chosen."""
         from optuna.trial import TrialState
@@ -622,8 +640,12 @@ class StudyRunner:
         with self.lock(reps.study_name):  # one worker enqueues the seeds; the others find them
             for seed in range(1, self.spec.seeds + 1):
                 reps.enqueue_trial({"seed": seed}, skip_if_exists=True)
-        while any(t.state == TrialState.WAITING for t in reps.get_trials(deepcopy=False)):
-            trial = reps.ask()  # the storage hands each waiting seed to exactly one worker
+        while True:
+            with self.lock(reps.study_name):  # check-then-ask atomically: never a seed twice
+                if not reps.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    break
+                trial = reps.ask()  # the storage hands each waiting seed to exactly one worker
+                trial.set_user_attr("worker", WORKER)
             seed = int(trial.suggest_int("seed", 1, self.spec.seeds))
             cfg = self.trial_config(arm, values, seed=seed)
             cfg.eval.zero_shot = False
@@ -672,6 +694,7 @@ class StudyRunner:
                     time.perf_counter() - t0,
                 )
             )
+        self.wait_for_running([reps])  # another worker may still run a seed of this arm
         done = {
             str(t.params["seed"]): t.user_attrs["metrics"]
             for t in reps.get_trials(deepcopy=False)

@@ -500,7 +500,9 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         f"`{meta['command']}` — {meta['date']}, {meta['environment']['threads']} torch threads, "
         f"{meta['environment']['cpu_count']} CPUs, torch {meta['environment']['torch']}, "
-        f"transformers {meta['environment']['transformers']}, peft {meta['environment']['peft']}",
+        f"transformers {meta['environment']['transformers']}, peft {meta['environment']['peft']}; "
+        f"load average (1 min) {meta['environment']['loadavg_1_5_15_before'][0]:.1f} before, "
+        f"{meta['environment']['loadavg_1_5_15_after'][0]:.1f} after",
         "",
         f"{meta['config']['steps']} steps x batch {meta['config']['batch_size']}, "
         f"{meta['config']['rounds']} rounds (A B interleaved), medians; tokens/s = real (non-pad) "
@@ -556,8 +558,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()  # other work on the machine: the numbers' noise floor
     setup, data_info = build_setup(args)
     runs = measure(setup, args.rounds)
+    load_after = os.getloadavg()
     summary = summarise(runs)
     meta = {
         "benchmark": "throughput",
@@ -587,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "platform": platform.platform(),
             "cpu_count": _cpu_count(),
             "threads": args.threads,
+            "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+            "loadavg_1_5_15_after": [round(x, 2) for x in load_after],
         },
     }
     table = markdown(meta, summary)

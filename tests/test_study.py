@@ -256,7 +256,7 @@ def test_two_workers_share_one_postgres_study(workdir, postgres_url):
     """Two worker processes on one PostgreSQL storage split the budget: no trial twice, none missing."""
     url = postgres_url
     args = [sys.executable, "-m", "ablate.cli", "worker", "study=lora_vs_adapter", *SMOKE, "tracking=none"]
-    args += [f"study.storage={url}", "study.n_trials=4"]
+    args += [f"study.storage={url}", "study.n_trials=4", "train.steps=40", "train.eval_every=20"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [
         subprocess.Popen(
@@ -272,12 +272,15 @@ def test_two_workers_share_one_postgres_study(workdir, postgres_url):
         assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         reps = studies[f"lora_vs_adapter/{arm}/replicate"].trials
         assert sorted(t.params["seed"] for t in reps) == [1, 2]
-    workers = {
-        t.user_attrs["worker"]
-        for a in ("lora", "lora+adapter")
-        for t in studies[f"lora_vs_adapter/{a}"].trials
-    }
-    assert len(workers) == 2  # both processes really did search work
+    names = [
+        f"lora_vs_adapter/{a}{r}"
+        for a in ("lora", "lora+adapter", "matched-lora")
+        for r in ("", "/replicate")
+    ]
+    workers = {t.user_attrs.get("worker") for n in names if n in studies for t in studies[n].trials}
+    assert len(workers - {None}) == 2  # both processes really took trials from the shared storage
+    for arm in ("lora", "lora+adapter", "matched-lora"):  # summaries written after every seed ended
+        assert sorted(studies[f"lora_vs_adapter/{arm}"].user_attrs["replicates"]) == ["1", "2"]
 
 
 @pytest.mark.parametrize(

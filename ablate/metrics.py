@@ -29,7 +29,13 @@ def forward_logits(
     """(logits, targets) aligned for next-token prediction on the response positions only."""
     labels = batch["labels"]
     k = keep_last(labels)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=k)
+    # use_cache=False: a training/eval pass has no use for a key/value cache (transformers builds one by default).
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=k,
+        use_cache=False,
+    )
     logits = out.logits[:, -k:-1] if k > 1 else out.logits[:, :0]
     targets = labels[:, labels.shape[1] - k + 1 :]
     return logits, targets

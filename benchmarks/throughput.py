@@ -505,7 +505,7 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any]) -> str:
         f"{meta['environment']['loadavg_1_5_15_after'][0]:.1f} after",
         "",
         f"{meta['config']['steps']} steps x batch {meta['config']['batch_size']}, "
-        f"{meta['config']['rounds']} rounds (A B interleaved), medians; tokens/s = real (non-pad) "
+        f"{meta['config']['rounds']} round(s) (A B interleaved), medians; tokens/s = real (non-pad) "
         "tokens per second, steady state (end of step 1 to end of the last step).",
         "",
         "| side | tokens/s | s/step | real tokens/step | padding | tokens/s (whole call) "

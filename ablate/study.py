@@ -475,11 +475,38 @@ class StudyRunner:
         run_id = _find_run(tracker, {"ablate.level": "arm", "study": self.spec.name, "arm": arm.name})
         return tracker.run(arm.name, tags=tags, parent=parent, run_id=run_id)
 
+    def _run(
+        self, arm: Arm, cfg: TrialConfig, trial: Any, phase: str, ctx: tuple[Any, Any], **kw: Any
+    ) -> Any:
+        """One recorded trial run (search or replicate) on this worker's shared base."""
+        from ablate.run import run_trial
+
+        tracker, arec = ctx
+        tags = {
+            "ablate.level": "trial",
+            "study": self.spec.name,
+            "arm": arm.name,
+            "phase": phase,
+            "seed": cfg.train.seed,
+            "trial_number": trial.number,
+        }
+        name = f"{arm.name} #{trial.number}" if phase == "search" else f"{arm.name} seed {cfg.train.seed}"
+        base = self.base(cfg)
+        return run_trial(
+            cfg,
+            base,
+            self.encoded(cfg, base),
+            tracker,
+            run_name=name,
+            parent=arec,
+            tags=tags,
+            params={"arm": arm.name},
+            **kw,
+        )
+
     def search(self, arm: Arm, study: Any, tracker: Any, arec: Any, progress: Progress) -> None:
         import optuna
         from optuna.trial import TrialState
-
-        from ablate.run import run_trial
 
         dists: list[Dist] = self.spaces[arm.name]
         while True:
@@ -488,10 +515,8 @@ class StudyRunner:
                     break
                 trial = study.ask()
                 trial.set_user_attr("worker", WORKER)
-            values = sample(trial, dists)
-            cfg = self.trial_config(arm, values)
+            cfg = self.trial_config(arm, sample(trial, dists))
             cfg.eval.knockout = cfg.eval.zero_shot = cfg.eval.save_components = False
-            base = self.base(cfg)
             t0 = time.perf_counter()
 
             def on_eval(step: int, metrics: dict[str, float], trial: Any = trial) -> None:
@@ -501,26 +526,9 @@ class StudyRunner:
                     if trial.should_prune():
                         raise Pruned(f"pruned at step {step}: {self.spec.objective}={value:.4f}")
 
-            tags = {
-                "ablate.level": "trial",
-                "study": self.spec.name,
-                "arm": arm.name,
-                "phase": "search",
-                "seed": cfg.train.seed,
-                "trial_number": trial.number,
-            }
             try:
-                outcome = run_trial(
-                    cfg,
-                    base,
-                    self.encoded(cfg, base),
-                    tracker,
-                    run_name=f"{arm.name} #{trial.number}",
-                    parent=arec,
-                    tags=tags,
-                    params={"arm": arm.name},
-                    on_eval=on_eval,
-                    eval_split="validation",
+                outcome = self._run(
+                    arm, cfg, trial, "search", (tracker, arec), on_eval=on_eval, eval_split="validation"
                 )
             except Pruned as exc:
                 trial.set_user_attr("reason", str(exc))
@@ -545,11 +553,8 @@ class StudyRunner:
                 )
                 study.tell(trial, value)
                 text = f"{self.spec.objective}={m[self.spec.objective]:.4f} val_em={m['val_em']:.3f}"
-            self.echo(
-                progress.line(
-                    arm.name, "trial", trial.number + 1, self.spec.n_trials, text, time.perf_counter() - t0
-                )
-            )
+            took = time.perf_counter() - t0
+            self.echo(progress.line(arm.name, "trial", trial.number + 1, self.spec.n_trials, text, took))
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 break
 
@@ -627,19 +632,24 @@ class StudyRunner:
     ) -> None:
         from optuna.trial import TrialState
 
-        from ablate.run import run_trial
-
         if arm.searched:
             self.best(study)
-            values = study.user_attrs["best_config"]
-        else:
-            values = study.user_attrs.get("best_config")
-            if values is None:
-                return
+        values = study.user_attrs.get("best_config")
+        if values is None:  # matched-lora in a study with nothing to match
+            return
         reps = self.optuna_study(storage, arm, suffix="/replicate")
-        with self.lock(reps.study_name):  # one worker enqueues the seeds; the others find them
+        _fail_orphans(reps)
+        with self.lock(reps.study_name):
+            # Enqueue each seed that is neither done nor taken: a seed whose run failed or was
+            # interrupted is tried again on resume, and no seed is ever handed out twice.
+            live = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+            taken = {
+                t.params.get("seed", t.system_attrs.get("fixed_params", {}).get("seed"))
+                for t in reps.get_trials(deepcopy=False, states=live)
+            }
             for seed in range(1, self.spec.seeds + 1):
-                reps.enqueue_trial({"seed": seed}, skip_if_exists=True)
+                if seed not in taken:
+                    reps.enqueue_trial({"seed": seed})
         while True:
             with self.lock(reps.study_name):  # check-then-ask atomically: never a seed twice
                 if not reps.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -649,51 +659,22 @@ class StudyRunner:
             seed = int(trial.suggest_int("seed", 1, self.spec.seeds))
             cfg = self.trial_config(arm, values, seed=seed)
             cfg.eval.zero_shot = False
-            base = self.base(cfg)
             t0 = time.perf_counter()
-            tags = {
-                "ablate.level": "trial",
-                "study": self.spec.name,
-                "arm": arm.name,
-                "phase": "replicate",
-                "seed": seed,
-                "trial_number": trial.number,
-            }
             try:
-                outcome = run_trial(
-                    cfg,
-                    base,
-                    self.encoded(cfg, base),
-                    tracker,
-                    run_name=f"{arm.name} seed {seed}",
-                    parent=arec,
-                    tags=tags,
-                    params={"arm": arm.name},
-                    eval_split="test",
-                )
-            except Exception as exc:
+                outcome = self._run(arm, cfg, trial, "replicate", (tracker, arec), eval_split="test")
+            except (ConfigError, KeyboardInterrupt):
                 reps.tell(trial, state=TrialState.FAIL)
-                if isinstance(exc, ConfigError):
-                    raise
-                self.echo(
-                    progress.line(
-                        arm.name, "seed", seed, self.spec.seeds, f"FAILED {exc}", time.perf_counter() - t0
-                    )
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded; the seed is retried on resume
+                reps.tell(trial, state=TrialState.FAIL)
+                text = f"FAILED {type(exc).__name__}: {exc}"
+            else:
+                trial.set_user_attr(
+                    "metrics", {**_jsonable(outcome.metrics), "mlflow_run_id": outcome.run_id}
                 )
-                continue
-            metrics = {**_jsonable(outcome.metrics), "mlflow_run_id": outcome.run_id}
-            trial.set_user_attr("metrics", metrics)
-            reps.tell(trial, outcome.metrics["test_em"])
-            self.echo(
-                progress.line(
-                    arm.name,
-                    "seed",
-                    seed,
-                    self.spec.seeds,
-                    f"test_em={outcome.metrics['test_em']:.3f}",
-                    time.perf_counter() - t0,
-                )
-            )
+                reps.tell(trial, outcome.metrics["test_em"])
+                text = f"test_em={outcome.metrics['test_em']:.3f}"
+            self.echo(progress.line(arm.name, "seed", seed, self.spec.seeds, text, time.perf_counter() - t0))
         self.wait_for_running([reps])  # another worker may still run a seed of this arm
         done = {
             str(t.params["seed"]): t.user_attrs["metrics"]

@@ -302,9 +302,10 @@ class StudyRunner:
         plain = copy.deepcopy(self.plain)
         peft_all = plain.get("peft") or {}
         plain["peft"] = {c: {**(peft_all.get(c) or {}), **(values.get(c) or {})} for c in arm.components}
-        plain["quant"] = {**(plain.get("quant") or {}), "method": arm.quant}
-        if arm.quant == "none":
-            plain["quant"]["double_quant"] = False
+        quant = dict(plain.get("quant") or {})
+        if quant.get("method") != arm.quant:  # arm@quant: that method's usual settings (QLoRA: double quant)
+            quant["double_quant"] = arm.quant in ("nf4", "fp4")
+        plain["quant"] = {**quant, "method": arm.quant}
         plain["train"] = dict(plain["train"])
         if self.spec.train_steps:
             plain["train"]["steps"] = self.spec.train_steps

@@ -310,3 +310,29 @@ def test_samplers_and_pruners(sampler, pruner, workdir, capsys):
         assert front and all(t.values[1] == t.user_attrs["metrics"]["trainable_params"] for t in front)
         assert arm.user_attrs["best_trial"] in {t.number for t in front}
     assert sorted(arm.user_attrs["replicates"]) == ["1"]
+
+
+def test_study_writes_a_report_matching_its_recorded_runs(workdir, capsys):
+    """End to end on model=tiny: the report a study writes agrees with its MLflow replicate runs."""
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    code, out, err = run_cli(["study=lora_vs_adapter", "model=tiny", "budget=smoke", "study.seeds=2"], capsys)
+    assert code == 0, err
+    report = workdir / "reports" / "lora_vs_adapter"
+    assert {"report.md", "report.html", "trials.csv"} <= {p.name for p in report.iterdir()}
+    summary = pd.read_csv(report / "summary.csv").set_index("arm")
+    client = MlflowClient("sqlite:///mlflow.db")
+    exp = client.get_experiment_by_name("lora_vs_adapter")
+    runs = client.search_runs([exp.experiment_id], "tags.phase = 'replicate'")
+    for arm in ("lora", "lora+adapter", MATCHED):
+        mine = [r for r in runs if r.data.tags["arm"] == arm]
+        assert len(mine) == 2
+        em = sum(r.data.metrics["test_em"] for r in mine) / 2
+        assert summary.loc[arm, "em_mean"] == pytest.approx(em)
+        assert summary.loc[arm, "trainable_params"] == mine[0].data.metrics["trainable_params"]
+    trials = pd.read_csv(report / "trials.csv")
+    assert len(trials) == 6 and set(trials["arm"]) == {"lora", "lora+adapter"}
+    study_run = client.search_runs([exp.experiment_id], "tags.`ablate.level` = 'study'")[0]
+    logged = {a.path for a in client.list_artifacts(study_run.info.run_id, "report")}
+    assert "report/report.html" in logged and "report/trials.csv" in logged

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ablate.components import ComponentConfig, arm_name, build_configs, parse_arm
@@ -49,6 +50,10 @@ class TrackingConfig:
             require(key in cls.__dataclass_fields__, f"tracking.{key}", value, "unknown field")
         cfg = cls(**data)
         require(cfg.backend in ("mlflow", "none"), "tracking.backend", cfg.backend, "must be mlflow or none")
+        if cfg.uri.startswith("sqlite:///") and not cfg.uri.startswith("sqlite:////"):
+            # Pin a relative SQLite store to this directory: MLflow caches its database engine per
+            # URI string, so a relative URI would follow whichever directory was current first.
+            cfg.uri = "sqlite:///" + str(Path(cfg.uri.removeprefix("sqlite:///")).resolve())
         require(bool(cfg.experiment), "tracking.experiment", cfg.experiment, "must not be empty")
         return cfg
 

@@ -37,7 +37,7 @@ def test_train_records_one_mlflow_run(workdir, capsys):
     assert "test exact match" in out and "MLflow run" in out
     from mlflow import MlflowClient
 
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{Path.cwd()}/mlflow.db")
     exp = client.get_experiment_by_name("ablate-train")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1

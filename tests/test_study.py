@@ -117,7 +117,7 @@ def test_smoke_study_equal_budgets_matched_arm_and_resume(workdir, capsys):
 
     from mlflow import MlflowClient
 
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{Path.cwd()}/mlflow.db")
     exp = client.get_experiment_by_name("lora_vs_adapter")
 
     def levels():
@@ -322,7 +322,7 @@ def test_study_writes_a_report_matching_its_recorded_runs(workdir, capsys):
     report = workdir / "reports" / "lora_vs_adapter"
     assert {"report.md", "report.html", "trials.csv"} <= {p.name for p in report.iterdir()}
     summary = pd.read_csv(report / "summary.csv").set_index("arm")
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{Path.cwd()}/mlflow.db")
     exp = client.get_experiment_by_name("lora_vs_adapter")
     runs = client.search_runs([exp.experiment_id], "tags.phase = 'replicate'")
     for arm in ("lora", "lora+adapter", MATCHED):

@@ -104,9 +104,10 @@ def report_command(cfg: DictConfig) -> str:
     from pathlib import Path
 
     from ablate.report import build_report
-    from ablate.study import StudyConfig
+    from ablate.study import StudyConfig, check_storage
 
     spec = StudyConfig.from_dict(plain(cfg).get("study") or {})
+    check_storage(spec.storage_url)  # unreachable or malformed URL: one line, exit 2
     tracking = plain(cfg).get("tracking") or {}
     uri = tracking.get("uri") if tracking.get("backend") == "mlflow" else None
     out = build_report(spec.name, spec.storage_url, uri, Path("reports") / spec.name, baseline=spec.baseline)

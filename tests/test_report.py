@@ -306,7 +306,7 @@ def test_user_errors_name_the_key_and_write_nothing(recorded, tmp_path):
     out = tmp_path / "never"
     cases = [
         (("nope", rec.storage, None, out), {}, "study"),
-        ((rec.name, f"sqlite:///{tmp_path / 'missing.db'}", None, out), {}, "storage"),
+        ((rec.name, f"sqlite:///{tmp_path / 'missing.db'}", None, out), {}, "study.storage"),
         ((rec.name, rec.storage, None, out), {"baseline": "lora@nf4"}, "baseline"),
         ((rec.name, rec.storage, None, out), {"alpha": 1.5}, "alpha"),
     ]

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from ablate.config import redact
 from ablate.errors import ConfigError
 
 STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
@@ -37,7 +38,9 @@ def _check_storage(storage: str, study: str) -> None:
     if storage.startswith("sqlite:///"):
         path = Path(storage.removeprefix("sqlite:///"))
         if not path.exists():
-            raise ConfigError("storage", storage, f"no such SQLite file; cannot read study {study!r}")
+            raise ConfigError(
+                "study.storage", redact(storage), f"no such SQLite file; cannot read study {study!r}"
+            )
 
 
 def load_studies(study: str, storage: str) -> dict[str, optuna.Study]:
@@ -49,7 +52,9 @@ def load_studies(study: str, storage: str) -> dict[str, optuna.Study]:
     arms = {n[len(prefix) :]: n for n in names if n.startswith(prefix) and "/" not in n[len(prefix) :]}
     if not arms:
         known = sorted({n.split("/", 1)[0] for n in names})
-        raise ConfigError("study", study, f"not in storage {storage} (studies there: {known or 'none'})")
+        raise ConfigError(
+            "study", study, f"not in storage {redact(storage)} (studies there: {known or 'none'})"
+        )
     return {arm: optuna.load_study(study_name=name, storage=storage) for arm, name in arms.items()}
 
 

@@ -20,7 +20,6 @@ from ablate.errors import ConfigError
 CONF = Path(__file__).resolve().parent.parent / "conf"
 COMMANDS = ("train", "study", "report", "worker")
 DEFAULT_ARM = ("lora", "adapter")
-ALL_COMPONENTS = ("lora", "adapter", "prefix", "prompt")
 _OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[\w.@/-]+)=(?P<value>.*)$")
 
 
@@ -141,14 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         command = "study" if any(a.split("=", 1)[0] == "study" for a in args) else "train"
     if command != "train" and not any(a.split("=", 1)[0].lstrip("+~") == "peft" for a in args):
         # A study's arms pick their components; every component's fixed fields must be composed.
-        args = ["peft=[" + ",".join(ALL_COMPONENTS) + "]", *args]
-    if command != "train" and not any(a.split("=", 1)[0] == "study" for a in args):
-        print(
-            f"error: study=None: ablate {command} needs a study, e.g. ablate {command} study=lora_vs_adapter",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+        args = ["peft=[" + ",".join(_options("peft")) + "]", *args]
     try:
+        if command != "train" and not any(a.split("=", 1)[0] == "study" for a in args):
+            raise ConfigError("study", None, f"ablate {command} needs a study, e.g. study=lora_vs_adapter")
         args = normalize_overrides(args)
         task = _task(command)
     except ConfigError as err:

@@ -79,16 +79,19 @@ def study_command(cfg: DictConfig) -> dict[str, Any]:
 def study_summary(runner: Any, result: dict[str, Any]) -> str:
     import statistics
 
-    lines = [f"study {runner.spec.name}: storage {runner.spec.storage_url}"]
+    from ablate.config import redact
+
+    lines = [f"study {runner.spec.name}: storage {redact(runner.spec.storage_url)}"]
     for arm in runner.arms:
-        study = result["studies"][arm.name]
-        reps = study.user_attrs.get("replicates") or {}
-        ems = [r["test_em"] for r in reps.values()]
-        params = next(iter(reps.values()))["trainable_params"] if reps else float("nan")
+        reps = list((result["studies"][arm.name].user_attrs.get("replicates") or {}).values())
+        if not reps:
+            lines.append(f"  {arm.name:<22} no replicate results")
+            continue
+        ems = [r["test_em"] for r in reps]
         spread = f" ± {statistics.stdev(ems):.3f} (sd)" if len(ems) > 1 else ""
-        mean = f"{statistics.fmean(ems):.3f}" if ems else "n/a"
         lines.append(
-            f"  {arm.name:<22} test EM {mean}{spread} over {len(ems)} seeds, {int(params) if reps else 0:,} trainable params"
+            f"  {arm.name:<22} test EM {statistics.fmean(ems):.3f}{spread} over {len(ems)} seeds, "
+            f"{int(reps[0]['trainable_params']):,} trainable params"
         )
     if result.get("report"):
         lines.append(f"  report: {result['report']}/report.md (and report.html)")

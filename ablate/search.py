@@ -75,13 +75,11 @@ def parse_space(search: Mapping[str, Any], components: tuple[str, ...]) -> list[
 
 
 def _dist(comp: str, fname: str, default: Any, spec: dict[str, Any], key: str) -> Dist:
-    unknown = set(spec) - {"low", "high", "log", "step", "choices"}
-    require(
-        not unknown,
-        f"{key}.{sorted(unknown)[0] if unknown else ''}",
-        None,
-        "unknown key (use low, high, log, step or choices)",
-    )
+    extra = sorted(set(spec) - {"low", "high", "log", "step", "choices"})
+    if extra:
+        raise ConfigError(
+            f"{key}.{extra[0]}", spec[extra[0]], "unknown key (use low, high, log, step or choices)"
+        )
     if "choices" in spec:
         choices = spec["choices"]
         require(

@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ class StudyConfig:
     baseline: str = "lora"
     matched: bool = True  # add a LoRA-only arm whose rank matches the best combination's params
     quant: str | None = None  # arms without @quant use this (else the quant group)
-    n_trials: int = 8  # per arm: every arm gets the same budget
+    n_trials: int = 4  # per arm: every arm gets the same budget
     seeds: int = 3  # replicate seeds of each arm's best configuration
     train_steps: int | None = None  # steps per study trial (None: train.steps)
     sampler: str = "tpe"
@@ -253,7 +253,6 @@ class Progress:
     total: int
     done: int = 0
     seconds: float = 0.0
-    started: float = field(default_factory=time.perf_counter)
 
     def line(self, arm: str, phase: str, index: int, of: int, outcome: str, took: float) -> str:
         self.done += 1
@@ -281,8 +280,8 @@ class StudyRunner:
         tracking = dict(self.plain.get("tracking") or {})
         tracking["experiment"] = self.spec.name
         self.tracking = TrackingConfig.from_dict(tracking)
-        self.bases: dict[str, Any] = {}
-        self.data: dict[str, Any] = {}
+        self.bases: dict[str, Any] = {}  # one loaded (maybe quantised) base per quant method
+        self.splits: Any = None  # tokenized once; every arm uses the same data
 
     # -- configuration -------------------------------------------------------
     def _check_search_overrides(self, overrides: list[str]) -> None:
@@ -326,9 +325,9 @@ class StudyRunner:
     def encoded(self, trial: TrialConfig, base: Any) -> Any:
         from ablate.run import prepare_data
 
-        if "splits" not in self.data:
-            self.data["splits"] = prepare_data(trial.data, base.tokenizer)
-        return self.data["splits"]
+        if self.splits is None:
+            self.splits = prepare_data(trial.data, base.tokenizer)
+        return self.splits
 
     def check_extremes(self) -> None:
         """Attach every arm at the high end of its ranges once: a bad range fails now, not mid-study."""
@@ -423,8 +422,12 @@ class StudyRunner:
         for study in studies.values():
             _fail_orphans(study)
         searched = [a for a in self.arms if a.searched]
-        remaining = sum(max(self.spec.n_trials - len(_finished(studies[a.name])), 0) for a in searched)
-        progress = Progress(total=remaining + self.spec.seeds * len(self.arms))
+        remaining = sum(max(self.spec.n_trials - len(_counted(studies[a.name])), 0) for a in searched)
+        seeds_left = sum(
+            max(self.spec.seeds - len(studies[a.name].user_attrs.get("replicates") or {}), 0)
+            for a in self.arms
+        )
+        progress = Progress(total=remaining + seeds_left)
         started = time.perf_counter()
         study_run = _find_run(tracker, {"ablate.level": "study", "study": self.spec.name})
         with tracker.run(
@@ -441,7 +444,8 @@ class StudyRunner:
                     self.search(arm, studies[arm.name], tracker, arec, progress)
                     arec.log_metrics(_summary(studies[arm.name]))
             self.wait_for_running([studies[a.name] for a in searched])
-            matched = self.match(studies) if self.spec.matched else None
+            if self.spec.matched:
+                self.match(studies)
             for arm in self.arms:
                 with self._arm_run(tracker, srec, arm) as arec:
                     self.replicate(arm, studies[arm.name], storage, tracker, arec, progress)
@@ -455,12 +459,7 @@ class StudyRunner:
                     "worker_wall_s": time.perf_counter() - started,
                 }
             )
-            result = {
-                "studies": studies,
-                "matched": matched,
-                "study_run_id": srec.run_id,
-                "storage": self.spec.storage_url,
-            }
+            result = {"studies": studies, "study_run_id": srec.run_id}
             if self.spec.report:
                 result["report"] = self.write_report(srec.run_id)
         return result
@@ -625,6 +624,7 @@ class StudyRunner:
         self.echo(
             f"[{MATCHED}] rank {rank} ({params:,} params) matches {best_arm.name} "
             f"({target:,} params, {100 * (params / target - 1):+.1f}%)"
+            + ("" if abs(params / target - 1) <= 0.10 else "; NOT within 10%: the closest rank is too coarse")
         )
         return values
 
@@ -715,22 +715,12 @@ def _fail_orphans(study: Any) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: existence check only
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # exists, owned by another user
+        pass
     return True
-
-
-def _finished(study: Any) -> list[Any]:
-    from optuna.trial import TrialState
-
-    return [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    ]
 
 
 def _counted(study: Any) -> list[Any]:

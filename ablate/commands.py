@@ -79,7 +79,7 @@ def study_command(cfg: DictConfig) -> dict[str, Any]:
 def study_summary(runner: Any, result: dict[str, Any]) -> str:
     import statistics
 
-    from ablate.config import redact
+    from ablate.errors import redact
 
     lines = [f"study {runner.spec.name}: storage {redact(runner.spec.storage_url)}"]
     for arm in runner.arms:

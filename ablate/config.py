@@ -8,7 +8,6 @@ recorded.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from ablate.components import ComponentConfig, arm_name, build_configs, parse_arm
 from ablate.components.quant import QuantConfig
 from ablate.data import DataConfig
-from ablate.errors import ConfigError, require
+from ablate.errors import ConfigError, flatten, redact, require
 from ablate.models import ModelConfig
 from ablate.train import TrainConfig
 
@@ -90,34 +89,3 @@ class TrialConfig:
             eval=EvalConfig.from_dict(cfg.get("eval") or {}),
             tracking=TrackingConfig.from_dict(cfg.get("tracking") or {}),
         )
-
-
-_URL_SECRET = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
-_SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|credential)", re.IGNORECASE)
-_QUERY_SECRET = re.compile(r"((?:password|token|secret|key)=)[^&\s]+", re.IGNORECASE)
-
-
-def redact(value: Any, key: str = "") -> Any:
-    """Hide secrets: passwords inside URLs, and values of secret-looking keys."""
-    if isinstance(value, Mapping):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v, key) for v in value]
-    if isinstance(value, str):
-        if key and _SECRET_KEY.search(key.rsplit(".", 1)[-1]):
-            return "***"
-        value = _URL_SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
-        return _QUERY_SECRET.sub(r"\1***", value)
-    return value
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"peft": {"lora": {"r": 8}}}`` -> ``{"peft.lora.r": 8}`` (secrets redacted)."""
-    out: dict[str, Any] = {}
-    for key, value in redact(data).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,23 +50,54 @@ def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device, autocast=None
-) -> dict[str, float]:
-    """Token-mean response loss and exact-match rate over the batches."""
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    autocast=None,
+    *,
+    per_item: bool = False,
+) -> dict[str, Any]:
+    """Token-mean response loss and exact-match rate over the batches.
+
+    With ``per_item`` the result also holds ``items``: for every example (by its
+    ``index`` in the split, ascending) whether it was an exact match and its mean
+    response-token loss. The report resamples these to put test items, not only
+    seeds, into its confidence intervals.
+    """
     was_training = model.training
     model.eval()
     loss_sum, tokens, exact, examples = 0.0, 0, 0, 0
+    rows: list[tuple[int, int, float]] = []
     try:
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast() if autocast else nullcontext():
                 logits, targets = forward_logits(model, batch)
             mask = targets != -100
-            loss_sum += float(token_loss_sum(logits, targets))
+            per_token = F.cross_entropy(
+                logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            )
+            loss_sum += float(per_token.sum())
             tokens += int(mask.sum())
-            correct = (logits.argmax(-1) == targets) | ~mask
-            exact += int(correct.all(dim=1).sum())
+            correct = ((logits.argmax(-1) == targets) | ~mask).all(dim=1)
+            exact += int(correct.sum())
             examples += targets.shape[0]
+            if per_item:
+                item_loss = per_token.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+                index = batch.get("index", torch.arange(examples - targets.shape[0], examples))
+                rows += zip(index.tolist(), correct.int().tolist(), item_loss.tolist(), strict=True)
     finally:
         model.train(was_training)
-    return {"loss": loss_sum / max(tokens, 1), "em": exact / max(examples, 1), "examples": examples}
+    out: dict[str, Any] = {
+        "loss": loss_sum / max(tokens, 1),
+        "em": exact / max(examples, 1),
+        "examples": examples,
+    }
+    if per_item:
+        rows.sort()
+        out["items"] = {
+            "index": [r[0] for r in rows],
+            "correct": [r[1] for r in rows],
+            "loss": [r[2] for r in rows],
+        }
+    return out

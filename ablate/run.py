@@ -88,6 +88,8 @@ class PeakMemory:
 class Outcome:
     metrics: dict[str, float]
     run_id: str | None
+    #: per item of the final evaluation split: ``index``, ``correct`` (0/1), ``loss`` (mean response-token loss)
+    items: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
 def run_trial(
@@ -140,7 +142,7 @@ def run_trial(
                     on_log=lambda step, row: rec.log_metrics(row, step),
                     on_eval=on_eval,
                 )
-                final = evaluate(model, final_batches, device, autocast)
+                final = evaluate(model, final_batches, device, autocast, per_item=True)
             metrics: dict[str, float] = {
                 f"{eval_split}_loss": final["loss"],
                 f"{eval_split}_em": final["em"],
@@ -171,13 +173,29 @@ def run_trial(
             # val_* were logged at each evaluation; log the rest once, at the last step.
             rec.log_metrics({k: v for k, v in metrics.items() if not k.startswith("val_")}, result.steps)
             rec.set_tags({"state": "complete", "peak_mem_kind": mem.kind})
+            _log_items(rec, final["items"], eval_split)
             if cfg.eval.save_components:
                 with tempfile.TemporaryDirectory() as tmp:
                     components.save(stack, tmp)
                     rec.log_artifact(tmp, "components")
-            return Outcome(metrics, rec.run_id)
+            return Outcome(metrics, rec.run_id, final["items"])
     finally:
         stack.detach()
+
+
+ITEMS_ARTIFACT = "items"
+
+
+def _log_items(rec: Recorder, items: Mapping[str, list], split: str) -> None:
+    """Per-item outcomes of the final evaluation as ``items/<split>.parquet`` (one row per item)."""
+    import pandas as pd
+
+    if rec.run_id is None:  # tracking=none records nothing
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/{split}.parquet"
+        pd.DataFrame(dict(items)).to_parquet(path, index=False)
+        rec.log_artifact(path, ITEMS_ARTIFACT)
 
 
 def _plain(cfg: TrialConfig) -> dict[str, Any]:

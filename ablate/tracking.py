@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ablate.config import TrackingConfig, flatten, redact
+from ablate.config import TrackingConfig
+from ablate.errors import flatten, redact
 
 PARENT_TAG = "mlflow.parentRunId"
 

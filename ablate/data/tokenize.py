@@ -98,7 +98,9 @@ def make_batches(
     Sorting by length before chunking keeps padding (wasted compute) low;
     with ``shuffle`` the order of equal-length examples and the order of the
     batches are drawn from ``seed``, so an epoch is random yet reproducible.
-    Without ``shuffle`` batches come shortest first, ties in input order.
+    Without ``shuffle`` batches come shortest first, ties in input order. Each batch
+    carries ``index``, the examples' positions in ``encoded``, so per-item outcomes can
+    be recorded against a fixed item order.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -110,7 +112,12 @@ def make_batches(
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if shuffle:
         rng.shuffle(chunks)
-    return [collate([encoded[i] for i in chunk], pad_id) for chunk in chunks]
+    batches = []
+    for chunk in chunks:
+        batch = collate([encoded[i] for i in chunk], pad_id)
+        batch["index"] = torch.tensor(chunk, dtype=torch.long)  # position in ``encoded``: per-item records
+        batches.append(batch)
+    return batches
 
 
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

@@ -14,8 +14,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from ablate.config import redact
-from ablate.errors import ConfigError
+from ablate.errors import ConfigError, redact
 
 STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 

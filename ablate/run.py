@@ -88,7 +88,8 @@ class PeakMemory:
 class Outcome:
     metrics: dict[str, float]
     run_id: str | None
-    #: per item of the final evaluation split: ``index``, ``correct`` (0/1), ``loss`` (mean response-token loss)
+    #: per item of the final evaluation split: ``index``, ``correct`` (0/1), ``loss`` (mean response-token
+    #: loss), and with ``eval.zero_shot`` the same for the bare base: ``zero_shot_correct``, ``zero_shot_loss``
     items: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
@@ -166,9 +167,11 @@ def run_trial(
                         )["em"]
             if cfg.eval.zero_shot:
                 with stack.knocked_out(stack.names):
-                    metrics[f"zero_shot/{eval_split}_em"] = evaluate(model, final_batches, device, autocast)[
-                        "em"
-                    ]
+                    zero = evaluate(model, final_batches, device, autocast, per_item=True)
+                metrics[f"zero_shot/{eval_split}_em"] = zero["em"]
+                # the bare base per item, for the LoRA x X interaction: (LoRA+X) - LoRA - X + zero-shot
+                final["items"]["zero_shot_correct"] = zero["items"]["correct"]
+                final["items"]["zero_shot_loss"] = zero["items"]["loss"]
             metrics["wall_s"] = time.perf_counter() - started
             # val_* were logged at each evaluation; log the rest once, at the last step.
             rec.log_metrics({k: v for k, v in metrics.items() if not k.startswith("val_")}, result.steps)

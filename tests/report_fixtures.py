@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -50,6 +51,25 @@ COMPONENTS = {
     "matched-lora": ["lora"],
 }
 TOTAL_PARAMS = 10_000_000
+N_ITEMS = 100  # test items per replicate; every TEST_EM above is a whole number of items
+INTERFERENCE = {"lora+adapter": {"0": 0.91, "1": 0.88, "2": 0.93}}  # cos per seed (norm ratio = cos - 0.2)
+
+
+def item_outcomes(arm: str, seed: int, em: float | None = None) -> dict[str, list]:
+    """Per-item records whose means are the arm's TEST_EM / TEST_LOSS for that seed.
+
+    Items are ordered by a per-seed difficulty permutation shared by every arm (easy items
+    are solved first), as real arms on one seed's data order roughly behave.
+    """
+    em = TEST_EM[arm][seed] if em is None else em
+    order = np.random.default_rng(seed).permutation(N_ITEMS)
+    correct = np.zeros(N_ITEMS, dtype=int)
+    correct[order[: round(em * N_ITEMS)]] = 1
+    noise = np.random.default_rng(100 + seed).normal(0, 0.3, N_ITEMS)
+    loss = TEST_LOSS.get(arm, [1.0] * (seed + 1))[seed] + noise - noise.mean()
+    return {"index": list(range(N_ITEMS)), "correct": correct.tolist(), "loss": loss.tolist()}
+
+
 # Search trial states per arm (C complete, P pruned, F failed); lora+prefix has too few for importance.
 STATES = {"lora": "CCPCFCC", "lora+adapter": "CPCCCFC", "lora+prefix": "CPCFC"}
 TRIAL_STATE = {"C": TrialState.COMPLETE, "P": TrialState.PRUNED, "F": TrialState.FAIL}
@@ -108,8 +128,8 @@ def _trial_metrics(arm: str, n: int, params: dict[str, Any]) -> dict[str, float]
 def replicate_metrics(arm: str, seed: int) -> dict[str, Any]:
     tp, step, mem, tok, wall = COSTS[arm]
     m: dict[str, Any] = {
-        "test_em": TEST_EM[arm][seed],
-        "test_loss": TEST_LOSS[arm][seed],
+        "test_em": TEST_EM[arm][seed % 3],  # synthetic studies with more seeds override these
+        "test_loss": TEST_LOSS[arm][seed % 3],
         "trainable_params": tp,
         "trainable_pct": 100 * tp / TOTAL_PARAMS,
         "tokens_per_s": tok,
@@ -118,7 +138,7 @@ def replicate_metrics(arm: str, seed: int) -> dict[str, Any]:
         "wall_s": wall,
     }
     for comp, values in KNOCKOUT.get(arm, {}).items():
-        m[f"knockout/{comp}/test_em"] = values[seed]
+        m[f"knockout/{comp}/test_em"] = values[seed % 3]
     return m
 
 
@@ -172,8 +192,13 @@ def write_study(
     mlflow: bool = True,
     multi_objective: bool = False,
     storage: str | None = None,
+    items: dict[str, np.ndarray] | None = None,
 ) -> Recorded:
-    """Record a finished study ``name`` under ``root``; returns where and what was written."""
+    """Record a finished study ``name`` under ``root``; returns where and what was written.
+
+    ``items`` replaces an arm's per-item correctness by a given seeds x items 0/1 matrix
+    (its row means become that arm's test EM), for synthetic verdict tests.
+    """
     root.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{root / 'optuna.db'}"
     uri = f"sqlite:///{root / 'mlflow.db'}" if mlflow else None
@@ -231,6 +256,17 @@ def write_study(
         reps = {}
         for seed in seeds:
             m = replicate_metrics(arm, seed)
+            if items is not None and arm in items:
+                row = np.asarray(items[arm][seed], dtype=int)
+                outcomes = {
+                    "index": list(range(len(row))),
+                    "correct": row.tolist(),
+                    "loss": (1.0 - 0.5 * row).tolist(),
+                }
+                m["test_em"] = float(row.mean())
+                m["test_loss"] = float(np.mean(outcomes["loss"]))
+            else:
+                outcomes = item_outcomes(arm, seed)
             if ml:
                 tags = {
                     "ablate.level": "trial",
@@ -252,7 +288,7 @@ def write_study(
                     value=m["test_em"],
                     params={"seed": seed},
                     distributions={"seed": IntDistribution(0, max(seeds))},
-                    user_attrs={"metrics": m},
+                    user_attrs={"metrics": m, "items": outcomes},
                 )
             )
         attrs = {
@@ -270,6 +306,12 @@ def write_study(
         }
         if arm == "matched-lora":
             attrs["matched_to"] = "lora+adapter"
+        if arm in INTERFERENCE and items is None:
+            attrs["interference"] = {
+                seed: {"cos": c, "cos_mean": c, "norm_ratio": c - 0.2, "n_matrices": 8.0}
+                for seed, c in INTERFERENCE[arm].items()
+                if int(seed) in seeds
+            }
         for k, v in attrs.items():
             st.set_user_attr(k, v)
         if ml and arm_run:

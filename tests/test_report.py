@@ -1,54 +1,38 @@
-"""The report's numbers, recomputed by hand with scipy, against a synthetic recorded study."""
+"""The report's numbers against a synthetic recorded study: recomputed from the recorded items."""
 
 from __future__ import annotations
 
-import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from scipy import stats as st
 
 from ablate.errors import ConfigError
 from ablate.report import build_report, stats
 from ablate.report.collect import StudyData, collect
 from ablate.report.summary import summarise
-from tests.report_fixtures import COSTS, EVAL_STEPS, TEST_EM, TEST_LOSS, val_loss_curve, write_study
+from tests.report_fixtures import (
+    COSTS,
+    EVAL_STEPS,
+    INTERFERENCE,
+    N_ITEMS,
+    TEST_EM,
+    item_outcomes,
+    val_loss_curve,
+    write_study,
+)
 
-A, B = [0.60, 0.62, 0.65], [0.55, 0.57, 0.56]
 ARMS = ["lora+adapter", "lora+prefix", "matched-lora"]
+PRIMARY = ["lora+adapter", "lora+prefix"]  # each LoRA+X vs lora; matched-lora is a secondary control
 
 
-def hand_interval(x: list[float]) -> tuple[float, float, float]:
-    n, m = len(x), float(np.mean(x))
-    half = st.t.ppf(0.975, n - 1) * np.std(x, ddof=1) / math.sqrt(n)
-    return m, m - half, m + half
-
-
-def hand_welch(a: list[float], b: list[float]) -> dict[str, float]:
-    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
-    diff = float(np.mean(a) - np.mean(b))
-    half = st.t.ppf(0.975, df) * se
-    return {
-        "diff": diff,
-        "lo": diff - half,
-        "hi": diff + half,
-        "p": 2 * st.t.sf(abs(diff / se), df),
-        "df": df,
-    }
-
-
-def hand_holm(p: list[float]) -> list[float]:
-    m, order = len(p), sorted(range(len(p)), key=lambda i: p[i])
-    out, running = [0.0] * m, 0.0
-    for k, i in enumerate(order):
-        running = max(running, min(1.0, (m - k) * p[i]))
-        out[i] = running
-    return out
+def fixture_matrix(arm: str, key: str = "correct") -> np.ndarray:
+    """Seeds x items as the fixture defines them (not read back from any storage)."""
+    return np.array([item_outcomes(arm, seed)[key] for seed in range(3)], dtype=float)
 
 
 @pytest.fixture(scope="module")
@@ -74,81 +58,18 @@ def report(recorded, tmp_path_factory):
     return build_report(rec.name, rec.storage, rec.tracking_uri, tmp_path_factory.mktemp("report"))
 
 
-# --- statistics on fixed numbers --------------------------------------------------------------
+# --- the report against the recorded study --------------------------------------------------
 
 
-def test_t_interval_matches_hand_computation():
-    iv = stats.t_interval(A)
-    assert (iv.mean, iv.lo, iv.hi) == pytest.approx(hand_interval(A), abs=1e-12)
-    assert iv.n == 3
-
-
-def test_welch_matches_hand_computation():
-    c, h = stats.welch(A, B), hand_welch(A, B)
-    assert c.status == stats.OK
-    assert (c.diff, c.lo, c.hi, c.p, c.df) == pytest.approx(
-        (h["diff"], h["lo"], h["hi"], h["p"], h["df"]), abs=1e-10
-    )
-    assert c.p == pytest.approx(st.ttest_ind(A, B, equal_var=False).pvalue)
-
-
-@pytest.mark.parametrize(
-    ("p", "expected"),
-    [
-        ([0.01, 0.04, 0.03], [0.03, 0.06, 0.06]),  # step-down keeps monotone: 0.04 -> max(0.06, 0.04)
-        ([0.5, 0.6], [1.0, 1.0]),  # capped at 1
-        ([0.02, math.nan, 0.001], [0.02, math.nan, 0.002]),  # untested arms stay out of the family
-        ([0.2], [0.2]),
-    ],
-)
-def test_holm_matches_hand_computation(p, expected):
-    assert stats.holm(p) == pytest.approx(expected, nan_ok=True)
-    finite = [x for x in p if not math.isnan(x)]
-    assert [x for x in stats.holm(p) if not math.isnan(x)] == pytest.approx(hand_holm(finite))
-
-
-@pytest.mark.parametrize(
-    ("a", "b", "status", "diff"),
-    [
-        ([0.6], [0.5, 0.55], stats.FEW_SEEDS, 0.075),
-        ([0.6, 0.7], [0.5], stats.FEW_SEEDS, 0.15),
-        ([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], stats.IDENTICAL, 0.0),
-        ([1.0, 1.0], [0.5, 0.5, 0.5], stats.NO_SPREAD, 0.5),
-        ([], [0.5, 0.6], stats.NO_DATA, math.nan),
-    ],
-)
-def test_welch_refuses_undefined_cases(a, b, status, diff):
-    c = stats.welch(a, b)
-    assert c.status == status and not c.tested
-    assert c.diff == pytest.approx(diff, nan_ok=True)
-    assert math.isnan(c.p)
-    if status == stats.FEW_SEEDS:
-        assert math.isnan(c.lo) and math.isnan(c.hi)
-
-
-def test_constant_sample_has_zero_width_interval_and_one_seed_none():
-    assert stats.t_interval([1.0, 1.0, 1.0]) == stats.Interval(1.0, 1.0, 1.0, 3)
-    one = stats.t_interval([0.4])
-    assert one.mean == 0.4 and math.isnan(one.lo) and one.n == 1
-
-
-def test_pareto_front_keeps_only_undominated_points():
-    cost, metric = [10, 20, 5, 30, 20], [0.5, 0.7, 0.4, 0.6, 0.8]
-    assert sorted(stats.pareto_front(cost, metric)) == [0, 2, 4]
-
-
-# --- the report against the recorded study ----------------------------------------------------
-
-
-def test_summary_numbers_match_recorded_replicates(report):
+def test_summary_numbers_match_recorded_items(report):
     s = pd.read_csv(report / "summary.csv").set_index("arm")
     assert list(s.index) == ["lora", *ARMS]
-    for arm, em in TEST_EM.items():
-        assert (s.loc[arm, "em_mean"], s.loc[arm, "em_lo"], s.loc[arm, "em_hi"]) == pytest.approx(
-            hand_interval(em)
-        )
-        lo_hi = hand_interval(TEST_LOSS[arm])
-        assert (s.loc[arm, "loss_mean"], s.loc[arm, "loss_lo"], s.loc[arm, "loss_hi"]) == pytest.approx(lo_hi)
+    for arm in ["lora", *ARMS]:
+        em = stats.interval(fixture_matrix(arm))
+        assert s.loc[arm, "em_mean"] == pytest.approx(np.mean(TEST_EM[arm]))
+        assert (s.loc[arm, "em_lo"], s.loc[arm, "em_hi"]) == pytest.approx((em.lo, em.hi))
+        assert s.loc[arm, "em_lo"] < s.loc[arm, "em_mean"] < s.loc[arm, "em_hi"]
+        assert s.loc[arm, "seeds"] == 3 and s.loc[arm, "items"] == N_ITEMS
         tp, step, mem, tok, wall = COSTS[arm]
         assert s.loc[arm, ["trainable_params", "tokens_per_s", "wall_s"]].tolist() == pytest.approx(
             [tp, tok, wall]
@@ -156,12 +77,27 @@ def test_summary_numbers_match_recorded_replicates(report):
         assert s.loc[arm, "params_ratio"] == pytest.approx(tp / COSTS["lora"][0])
         assert s.loc[arm, "step_time_ratio"] == pytest.approx(step / COSTS["lora"][1])
         assert s.loc[arm, "mem_ratio"] == pytest.approx(mem / COSTS["lora"][2])
-    hands = {arm: hand_welch(TEST_EM[arm], TEST_EM["lora"]) for arm in ARMS}
-    adjusted = hand_holm([hands[a]["p"] for a in ARMS])
-    for arm, p_adj in zip(ARMS, adjusted, strict=True):
-        h = hands[arm]
-        got = s.loc[arm, ["delta_diff", "delta_lo", "delta_hi", "delta_p", "delta_p_adj"]].tolist()
-        assert got == pytest.approx([h["diff"], h["lo"], h["hi"], h["p"], p_adj])
+    comps = {
+        arm: stats.compare(fixture_matrix(arm), fixture_matrix("lora"), metric="em", sesoi=0.02)
+        for arm in ARMS
+    }
+    comps = stats.holm_family(comps, PRIMARY)
+    for arm, c in comps.items():
+        got = s.loc[arm, ["delta_diff", "delta_lo", "delta_hi", "delta_p", "delta_tost_p"]].tolist()
+        assert got == pytest.approx([c.diff, c.lo, c.hi, c.p, c.tost_p])
+        assert s.loc[arm, "delta_verdict"] == c.verdict and bool(s.loc[arm, "primary"]) == (arm in PRIMARY)
+    assert s.loc["lora+adapter", "delta_diff"] == pytest.approx(np.mean(TEST_EM["lora+adapter"]) - 0.56)
+    assert s.loc["lora+adapter", "delta_p_adj"] == pytest.approx(comps["lora+adapter"].p_adj)
+    assert np.isnan(s.loc["matched-lora", "delta_p_adj"])  # secondary: never Holm-adjusted
+    assert s.loc["lora+adapter", "interference_cos"] == pytest.approx(
+        np.mean(list(INTERFERENCE["lora+adapter"].values()))
+    )
+    loss = stats.compare(
+        fixture_matrix("lora+adapter", "loss"), fixture_matrix("lora", "loss"), metric="loss", sesoi=0.02
+    )
+    assert s.loc[
+        "lora+adapter", ["loss_delta_diff", "loss_delta_lo", "loss_delta_hi"]
+    ].tolist() == pytest.approx([loss.diff, loss.lo, loss.hi])
     counts = s[["trials_complete", "trials_pruned", "trials_failed"]]
     assert counts.loc["lora"].tolist() == [5, 1, 1]
     assert counts.loc["lora+prefix"].tolist() == [3, 1, 1]
@@ -170,32 +106,30 @@ def test_summary_numbers_match_recorded_replicates(report):
 
 def test_verdict_states_the_computed_numbers(report):
     md = (report / "report.md").read_text()
-    verdict = md.split("## Verdict")[1].split("## Arms")[0]
-    hands = {arm: hand_welch(TEST_EM[arm], TEST_EM["lora"]) for arm in ARMS}
-    p_adj = dict(zip(ARMS, hand_holm([hands[a]["p"] for a in ARMS]), strict=True))
-    h = hands["lora+adapter"]
-    assert p_adj["lora+adapter"] < 0.05 < p_adj["lora+prefix"]
+    verdict = md.split("## Verdict")[1].split("## ")[0]
+    s = pd.read_csv(report / "summary.csv").set_index("arm")
+    ad = s.loc["lora+adapter"]
+    assert ad["delta_verdict"] == stats.BETTER
     assert (
-        f"lora+adapter: {100 * h['diff']:+.1f} EM vs LoRA-only (95% CI {100 * h['lo']:+.1f}..{100 * h['hi']:+.1f}, "
-        f"Holm-adjusted p={p_adj['lora+adapter']:.3f}), at 1.60x trainable params, 1.20x step time, 1.10x peak memory."
+        f"lora+adapter vs LoRA-only [primary]: BETTER: {100 * ad['delta_diff']:+.1f} EM "
+        f"(95% CI {100 * ad['delta_lo']:+.1f}..{100 * ad['delta_hi']:+.1f}, Holm-adjusted p="
     ) in verdict
-    h = hands["lora+prefix"]
-    assert (
-        f"lora+prefix: {100 * h['diff']:+.1f} EM vs LoRA-only, not a significant difference at alpha=0.05 "
-        f"(95% CI {100 * h['lo']:+.1f}..{100 * h['hi']:+.1f}, Holm-adjusted p={p_adj['lora+prefix']:.3f})"
-    ) in verdict
+    assert "at 1.60x trainable params, 1.20x step time, 1.10x peak memory." in verdict
     assert "matched-lora (LoRA r=32, parameter-matched to lora+adapter, 1.01x the trainable params" in verdict
-    m = hand_welch(TEST_EM["lora+adapter"], TEST_EM["matched-lora"])
-    assert f"lora+adapter vs matched-lora (same parameter budget): {100 * m['diff']:+.1f} EM" in verdict
-    assert f"unadjusted p={m['p']:.3f}" in verdict
+    assert "trainable params of lora+adapter) vs LoRA-only [secondary, unadjusted]" in verdict
+    assert "lora+adapter vs matched-lora (same parameter budget) [secondary, unadjusted]" in verdict
     ko = 100 * (np.mean([0.20, 0.22, 0.21]) - np.mean(TEST_EM["lora+adapter"]))
     assert f"lora {ko:+.1f}" in verdict
-    assert "Significantly better than LoRA-only at alpha=0.05 after Holm: lora+adapter." in verdict
-    base = hand_interval(TEST_EM["lora"])
+    base = s.loc["lora"]
     assert (
-        f"test EM {100 * base[0]:.1f} (95% CI {100 * base[1]:.1f}..{100 * base[2]:.1f}) over 3 seeds"
-        in verdict
-    )
+        f"test EM {100 * base['em_mean']:.1f} (95% CI {100 * base['em_lo']:.1f}..{100 * base['em_hi']:.1f}) "
+        f"over 3 seed(s) x {N_ITEMS} test items"
+    ) in verdict
+    family = [line for line in verdict.splitlines() if "Primary family" in line][0]
+    assert "2 comparison(s)" in family and "better: lora+adapter" in family
+    for arm in ARMS:  # exactly one verdict per comparison
+        line = next(line for line in verdict.splitlines() if line.startswith(f"- {arm}"))
+        assert sum(w in line for w in ("BETTER", "WORSE", "EQUIVALENT", "INCONCLUSIVE")) == 1
     assert "nan" not in md.lower()
 
 
@@ -204,11 +138,20 @@ def test_table_has_one_row_per_arm_with_recorded_values(report):
     rows = [line for line in table.splitlines() if line.startswith("| lora") or line.startswith("| matched")]
     assert [r.split("|")[1].strip() for r in rows] == ["lora", *ARMS]
     adapter = rows[1]
-    em = hand_interval(TEST_EM["lora+adapter"])
-    assert f"{100 * em[0]:.1f} ± {100 * (em[2] - em[1]) / 2:.1f}" in adapter
-    assert "160,000" in adapter and "1.600" in adapter and "5/1/1" in adapter
+    s = pd.read_csv(report / "summary.csv").set_index("arm").loc["lora+adapter"]
+    assert f"{100 * s['em_mean']:.1f} [{100 * s['em_lo']:.1f}..{100 * s['em_hi']:.1f}]" in adapter
+    assert "160,000" in adapter and "1.600" in adapter and "5/1/1" in adapter and "| better " in adapter
     assert "lora: r=8, lr=0.0003; adapter: width=16" in adapter
     assert "| baseline " in rows[0]
+
+
+def test_interference_table_reads_what_the_study_recorded(report):
+    md = (report / "report.md").read_text()
+    section = md.split("## Do the methods interfere?")[1].split("## ")[0]
+    cos = INTERFERENCE["lora+adapter"]
+    row = next(line for line in section.splitlines() if line.startswith("| lora+adapter"))
+    assert [c.strip() for c in row.split("|")[1:4]] == ["lora+adapter", "3", "0.910, 0.880, 0.930"]
+    assert f"{np.mean(list(cos.values())) - 0.2:.2f}" in section
 
 
 def test_trials_csv_has_every_trial_with_its_state(recorded, report):
@@ -232,9 +175,8 @@ def test_html_is_self_contained_with_every_figure(report):
     html = (report / "report.html").read_text()
     srcs = re.findall(r'<img[^>]*src="([^"]+)"', html)
     pngs = sorted((report / "figures").glob("*.png"))
-    assert (
-        len(srcs) == len(pngs) == 1 + 3 + 1 + 1 + 1 + 1
-    )  # params, 3 histories, importance, curves, overhead, knockout
+    # params, 3 histories, best-so-far, importance, curves, grad norms, overhead, knockout
+    assert len(srcs) == len(pngs) == 1 + 3 + 1 + 1 + 1 + 1 + 1 + 1
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "lora+prefix: skipped (3 complete trial(s), fewer than 4)" in html
     assert "matched-lora has no complete search trials" in html
@@ -263,31 +205,76 @@ def test_importance_is_optunas(recorded, report):
         assert f"| lora+adapter | {name} " in md and f"{value:.3f}" in md
 
 
-def test_fewer_than_two_seeds_gives_no_ci_and_no_p(recorded, tmp_path):
+def test_one_seed_gives_an_item_interval_and_says_so(recorded, tmp_path):
     _, mo = recorded
     out = build_report(mo.name, mo.storage, None, tmp_path / "mo")
     md = (out / "report.md").read_text()
-    verdict = md.split("## Verdict")[1].split("## Arms")[0]
-    assert "Baseline lora: test EM 55.0 from 1 seed (no CI with one seed)." in verdict
-    diff = 100 * (TEST_EM["lora+adapter"][0] - TEST_EM["lora"][0])
-    assert (
-        f"lora+adapter: {diff:+.1f} EM vs LoRA-only from 1 vs 1 seed(s); "
-        "fewer than 2 seeds in an arm, so no CI and no p-value, at 1.60x trainable params"
-    ) in verdict
-    assert "95% CI" not in verdict and "p=" not in verdict
-    assert "No arm is significantly better" in verdict
+    verdict = md.split("## Verdict")[1].split("## ")[0]
+    c = stats.compare(
+        np.array([item_outcomes("lora+adapter", 0)["correct"]], dtype=float),
+        np.array([item_outcomes("lora", 0)["correct"]], dtype=float),
+        metric="em",
+        sesoi=0.02,
+    )
+    assert c.status == stats.ONE_SEED and c.lo < c.diff < c.hi
+    assert f"{100 * c.diff:+.1f} EM (95% CI {100 * c.lo:+.1f}..{100 * c.hi:+.1f}" in verdict
+    assert "only one seed is present in both arms" in verdict
     assert "No tracking URI given, so no learning curves" in md
-    assert f"{diff:+.1f} (<2 seeds: no CI, no p)" in md
     assert "nan" not in md.lower()
     trials = pd.read_csv(out / "trials.csv")  # the multi-objective arms: both objective values per trial
     assert {"value.val_em", "value.trainable_params"} <= set(trials.columns)
 
 
-def test_identical_arms_are_called_identical_not_nan():
+def _synthetic(tmp_path, name: str, arm: np.ndarray, base: np.ndarray):
+    rec = write_study(
+        tmp_path / name,
+        name,
+        arms=("lora", "lora+adapter"),
+        seeds=tuple(range(len(arm))),
+        mlflow=False,
+        items={"lora": base, "lora+adapter": arm},
+    )
+    out = build_report(rec.name, rec.storage, None, tmp_path / name / "report")
+    s = pd.read_csv(out / "summary.csv").set_index("arm").loc["lora+adapter"]
+    return s, (out / "report.md").read_text()
+
+
+def _bernoulli(p_item: np.ndarray, n_seeds: int, rng: np.random.Generator) -> np.ndarray:
+    return (rng.random((n_seeds, len(p_item))) < p_item).astype(int)
+
+
+def test_synthetic_studies_get_the_verdict_their_truth_implies(tmp_path):
+    rng = np.random.default_rng(0)
+    p_item = rng.uniform(0.3, 0.6, 200)
+    # a true effect of +10 points with small noise: better
+    base = _bernoulli(p_item, 3, rng)
+    s, md = _synthetic(tmp_path, "plus10", _bernoulli(p_item + 0.10, 3, rng) | base, base)
+    assert s["delta_verdict"] == stats.BETTER and s["delta_lo"] > 0 and "BETTER" in md
+    # the same model twice, each seed flipping a few items both ways: equivalent within ±2 EM
+    base = _bernoulli(p_item, 5, np.random.default_rng(1))
+    arm = base.copy()
+    for seed in range(5):
+        arm[seed, [seed, 50 + seed]] = 1 - arm[seed, [seed, 50 + seed]]
+    s, md = _synthetic(tmp_path, "same", arm, base)
+    assert s["delta_verdict"] == stats.EQUIVALENT and "EQUIVALENT within ±2.0 EM" in md
+    # a noisy pair with 2 seeds and 40 items: inconclusive, with the seeds that would settle it
+    base, arm = _bernoulli(p_item[:40], 2, rng), _bernoulli(p_item[:40] + 0.05, 2, rng)
+    s, md = _synthetic(tmp_path, "noisy", arm, base)
+    assert s["delta_verdict"] == stats.INCONCLUSIVE
+    assert s["delta_seeds_needed"] > 2 or "raise data.n_test" in md
+    assert "INCONCLUSIVE — " in md
+    # zero spread across seeds (every seed identical) still gets a non-zero interval from the items
+    base = np.tile(_bernoulli(p_item, 1, rng), (3, 1))
+    arm = np.tile(_bernoulli(p_item + 0.02, 1, rng), (3, 1))
+    s, _ = _synthetic(tmp_path, "flat", arm, base)
+    assert s["delta_hi"] - s["delta_lo"] > 0.01
+
+
+def test_identical_arms_say_so_in_words():
     arms = pd.DataFrame(
         [
-            {"arm": a, "matched_to": None, "best_config": {}, "objective": ["val_loss"]}
-            for a in ("lora", "lora+adapter")
+            {"arm": a, "matched_to": None, "best_config": {}, "objective": ["val_loss"], "components": c}
+            for a, c in (("lora", ["lora"]), ("lora+adapter", ["lora", "adapter"]))
         ]
     ).set_index("arm", drop=False)
     reps = pd.DataFrame(
@@ -295,10 +282,48 @@ def test_identical_arms_are_called_identical_not_nan():
     )
     data = StudyData("same", arms, pd.DataFrame(columns=["arm", "number", "state"]), reps)
     s = summarise(data)
-    assert s.comparisons["lora+adapter"].status == stats.IDENTICAL
+    c = s.comparisons["lora+adapter"]
+    assert c.status == stats.DEGENERATE and (c.lo, c.hi) == (0.0, 0.0)
     line = next(v for v in s.verdict if v.startswith("lora+adapter"))
-    assert "identical to LoRA-only on every seed (3 vs 3 seeds): a difference of 0 with no spread" in line
+    assert "no per-item records, so the interval covers seeds only" in line
+    assert "no sampling variation to estimate" in line
     assert "nan" not in " ".join(s.verdict).lower()
+
+
+def test_interaction_is_the_item_level_contrast(tmp_path):
+    from ablate.report.summary import interaction
+
+    rng = np.random.default_rng(3)
+    mats = {a: rng.integers(0, 2, (3, 50)) for a in ("lora", "adapter", "lora+adapter")}
+    arms = pd.DataFrame(
+        [{"arm": a, "components": a.split("+"), "best_config": {}, "matched_to": None} for a in mats]
+    ).set_index("arm", drop=False)
+    zero = rng.integers(0, 2, 50)
+    rows = [
+        {"arm": a, "seed": s, "item": i, "correct": m[s, i], "loss": 1.0, "zero_shot_correct": zero[i]}
+        for a, m in mats.items()
+        for s in range(3)
+        for i in range(50)
+    ]
+    data = StudyData("x", arms, pd.DataFrame(columns=["arm", "number", "state"]), pd.DataFrame())
+    data.items = pd.DataFrame(rows)
+    it = interaction(data, "lora+adapter", "lora")
+    d = mats["lora+adapter"] - mats["lora"] - mats["adapter"] + zero[None, :]
+    assert it.single == "adapter" and it.zero_shot == "per item"
+    assert it.diff == pytest.approx(d.mean())
+    assert (it.lo, it.hi) == pytest.approx((stats.two_way_bootstrap(d).lo, stats.two_way_bootstrap(d).hi))
+
+
+def test_building_a_report_never_imports_torch(recorded, tmp_path):
+    rec, _ = recorded
+    code = (
+        "import sys; from pathlib import Path; from ablate.report import build_report; "
+        f"build_report({rec.name!r}, {rec.storage!r}, {rec.tracking_uri!r}, Path({str(tmp_path / 'r')!r})); "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "r" / "report.md").exists()
 
 
 def test_user_errors_name_the_key_and_write_nothing(recorded, tmp_path):
@@ -325,5 +350,5 @@ def test_study_without_replicates_yet_still_reports(recorded, tmp_path):
     out = build_report(running.name, running.storage, None, tmp_path / "out")
     md = (out / "report.md").read_text()
     assert "Baseline lora: no replicate seeds recorded yet." in md
-    assert "lora+adapter: no replicate seeds recorded yet, so no comparison." in md
+    assert "lora+adapter vs LoRA-only [primary]: INCONCLUSIVE (no replicate seeds in both arms yet)" in md
     assert len(pd.read_csv(out / "trials.csv")) == 14 and "nan" not in md.lower()

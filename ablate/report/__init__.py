@@ -2,7 +2,7 @@
 
 ``build_report`` reads only what the study recorded (the Optuna storage and,
 when given, MLflow) and writes ``report.md``, a self-contained ``report.html``,
-``trials.csv``, ``replicates.csv``, ``summary.csv`` and the figures into
+``trials.csv``, ``replicates.csv``, ``items.csv`` (per test item and seed), ``summary.csv`` and the figures into
 ``out_dir``. ``log_report`` attaches those files to the study's MLflow run.
 """
 
@@ -44,11 +44,14 @@ def build_report(
     figs, imp = figures.all_figures(data, summary, out_dir / "figures")
     data.trials.to_csv(out_dir / "trials.csv", index=False)
     data.replicates.to_csv(out_dir / "replicates.csv", index=False)
+    data.items.to_csv(out_dir / "items.csv", index=False)
     summary.numbers.to_csv(out_dir / "summary.csv", index=False)
     (out_dir / "report.md").write_text(
-        render.markdown(study, summary, table, figs, imp, out_dir), encoding="utf-8"
+        render.markdown(study, summary, table, figs, imp, out_dir, data.interference), encoding="utf-8"
     )
-    (out_dir / "report.html").write_text(render.html_page(study, summary, table, figs, imp), encoding="utf-8")
+    (out_dir / "report.html").write_text(
+        render.html_page(study, summary, table, figs, imp, data.interference), encoding="utf-8"
+    )
     return out_dir
 
 

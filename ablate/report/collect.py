@@ -16,6 +16,8 @@ import pandas as pd
 
 from ablate.errors import ConfigError, redact
 
+ITEM_COLUMNS = ["arm", "seed", "item", "correct", "loss"]
+INTERFERENCE_COLUMNS = ["arm", "seed", "cos", "cos_mean", "norm_ratio", "n_matrices"]
 STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
 
@@ -30,6 +32,10 @@ class StudyData:
     studies: dict[str, optuna.Study] = field(default_factory=dict)
     curves: pd.DataFrame | None = None  # arm, seed, run_id, step, val_loss (None: no tracking URI)
     curves_note: str = ""
+    #: per test item of every replicate: arm, seed, item, correct, loss (+ zero_shot_correct/_loss if recorded)
+    items: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ITEM_COLUMNS))
+    grad_norms: pd.DataFrame | None = None  # arm, seed, component, step, grad_norm (replicate runs)
+    interference: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=INTERFERENCE_COLUMNS))
 
 
 def _check_storage(storage: str, study: str) -> None:
@@ -122,6 +128,68 @@ def replicates_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
     return df.sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
 
 
+def items_frame(study: str, storage: str, arms: list[str]) -> pd.DataFrame:
+    """Per-item outcomes of every replicate seed, as the study stored them on its replicate trials."""
+    names = set(optuna.study.get_all_study_names(storage=storage))
+    frames = []
+    for arm in arms:
+        name = f"{study}/{arm}/replicate"
+        if name not in names:
+            continue
+        reps = optuna.load_study(study_name=name, storage=storage)
+        for t in reps.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            items = t.user_attrs.get("items")
+            if not items:
+                continue
+            df = pd.DataFrame(items).rename(columns={"index": "item"})
+            df.insert(0, "seed", int(t.params["seed"]))
+            df.insert(0, "arm", arm)
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=ITEM_COLUMNS)
+    return pd.concat(frames, ignore_index=True).sort_values(["arm", "seed", "item"], kind="stable")
+
+
+def interference_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
+    """LoRA-update similarity (alone vs beside X) per arm and seed, as the study recorded it."""
+    rows = [
+        {"arm": arm, "seed": int(seed), **values}
+        for arm, st in studies.items()
+        for seed, values in (st.user_attrs.get("interference") or {}).items()
+        if values
+    ]
+    return pd.DataFrame(rows, columns=INTERFERENCE_COLUMNS if not rows else None)
+
+
+def grad_norm_curves(tracking_uri: str, data: StudyData) -> pd.DataFrame:
+    """Per-component gradient-norm histories of the replicate runs (logged every step by the trainer)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    rows = []
+    for rec in data.replicates.to_dict("records"):
+        run_id = rec.get("mlflow_run_id")
+        if not isinstance(run_id, str) or not run_id:
+            continue
+        for comp in data.arms.loc[rec["arm"], "components"]:
+            try:
+                history = client.get_metric_history(run_id, f"grad_norm/{comp}")
+            except Exception:  # a deleted run: the figure says what it has
+                continue
+            rows += [
+                {
+                    "arm": rec["arm"],
+                    "seed": rec["seed"],
+                    "component": comp,
+                    "step": m.step,
+                    "grad_norm": m.value,
+                }
+                for m in history
+            ]
+    cols = ["arm", "seed", "component", "step", "grad_norm"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["arm", "seed", "component", "step"])
+
+
 def val_loss_curves(tracking_uri: str, study: str, replicates: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """``val_loss`` histories of the replicate runs, found through their recorded MLflow run ids."""
     from mlflow import MlflowClient
@@ -173,8 +241,11 @@ def collect(study: str, storage: str, tracking_uri: str | None) -> StudyData:
         replicates=replicates_frame(studies),
         studies=studies,
     )
+    data.items = items_frame(study, storage, list(studies))
+    data.interference = interference_frame(studies)
     if tracking_uri is None:
         data.curves_note = "No tracking URI given, so no learning curves (they live in MLflow)."
     else:
         data.curves, data.curves_note = val_loss_curves(tracking_uri, study, data.replicates)
+        data.grad_norms = grad_norm_curves(tracking_uri, data)
     return data

@@ -209,7 +209,9 @@ def overhead(s: Summary, out: Path) -> Fig:
 
 def knockout(data: StudyData, s: Summary, out: Path) -> Fig:
     """Each combination arm's test EM with all components, then with each one switched off."""
-    title = "Component knockout (test EM with one component switched off at evaluation)"
+    title = (
+        "Component knockout (test EM with one component switched off at evaluation; bars: range over seeds)"
+    )
     reps = data.replicates
     ko_cols = [c for c in reps.columns if c.startswith("knockout/") and c.endswith(f"/{METRIC}")]
     arms = [a for a in s.numbers.index if ko_cols and reps.loc[reps["arm"] == a, ko_cols].notna().any().any()]
@@ -219,25 +221,84 @@ def knockout(data: StudyData, s: Summary, out: Path) -> Fig:
     for ax, arm in zip(axes[0], arms, strict=True):
         rep = reps[reps["arm"] == arm]
         cols = [METRIC] + [c for c in ko_cols if rep[c].notna().any()]
-        ivs = [stats.t_interval(rep[c]) for c in cols]
+        means = [100 * rep[c].mean() for c in cols]
+        # error bars: the range over seeds (knockout is recorded per seed, not per item)
+        err = [
+            [m - 100 * rep[c].min() for m, c in zip(means, cols, strict=True)],
+            [100 * rep[c].max() - m for m, c in zip(means, cols, strict=True)],
+        ]
         labels = ["all on"] + [f"no {c.split('/')[1]}" for c in cols[1:]]
-        err = [0 if math.isnan(iv.lo) else 100 * (iv.hi - iv.lo) / 2 for iv in ivs]
-        ax.bar(
-            labels,
-            [100 * iv.mean for iv in ivs],
-            yerr=err,
-            capsize=3,
-            color=["tab:blue"] + ["tab:gray"] * (len(cols) - 1),
-        )
+        ax.bar(labels, means, yerr=err, capsize=3, color=["tab:blue"] + ["tab:gray"] * (len(cols) - 1))
         ax.set_title(arm, fontsize=10)
         ax.set_ylabel("test EM (points)")
         ax.grid(alpha=0.3, axis="y")
     return Fig(title, _save(fig, out / "knockout.png"))
 
 
+def best_so_far(data: StudyData, s: Summary, out: Path) -> Fig:
+    """Best search objective so far against trial number, one line per searched arm."""
+    title = "Search convergence: best objective so far per arm"
+    t = data.trials
+    colors = _colors(list(s.numbers.index))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    drawn = 0
+    for arm in s.numbers.index:
+        objective = data.arms.loc[arm, "objective"]
+        directions = data.arms.loc[arm, "directions"] if "directions" in data.arms else ["minimize"]
+        col = f"value.{objective[0]}"
+        if not len(t) or col not in t or len(directions) != 1:
+            continue
+        at = t[t["arm"] == arm].sort_values("number")
+        values = at[col].where(at["state"] == "complete")
+        if values.notna().sum() == 0:
+            continue
+        best = values.cummin() if directions[0] == "minimize" else values.cummax()
+        ax.step(at["number"] + 1, best, where="post", color=colors[arm], label=arm, lw=1.8)
+        ax.scatter(at["number"] + 1, values, s=10, color=colors[arm], alpha=0.4)
+        budget = data.arms.loc[arm, "n_trials_budget"] if "n_trials_budget" in data.arms else None
+        if budget:
+            ax.axvline(0.75 * float(budget), color="grey", ls=":", lw=1)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return Fig(title, None, "No single-objective search trials recorded.")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(objective[0])
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    note = (
+        " ".join(s.warnings)
+        or "Every arm's best trial came before the last quarter of its budget (dotted line)."
+    )
+    return Fig(title, _save(fig, out / "best_so_far.png"), note)
+
+
+def grad_norms(data: StudyData, s: Summary, out: Path) -> Fig:
+    """Per-component gradient norms of the replicate runs, mean over seeds, one panel per arm."""
+    title = "Gradient norm per component during training (replicate runs, mean over seeds)"
+    g = data.grad_norms
+    if g is None or g.empty:
+        return Fig(
+            title, None, data.curves_note or "No gradient-norm history recorded for the replicate runs."
+        )
+    arms = [a for a in s.numbers.index if (g["arm"] == a).any()]
+    fig, axes = plt.subplots(1, len(arms), figsize=(4 * len(arms), 3.2), squeeze=False, sharey=True)
+    for ax, arm in zip(axes[0], arms, strict=True):
+        for comp, cg in g[g["arm"] == arm].groupby("component", sort=False):
+            mean = cg.groupby("step")["grad_norm"].mean()
+            ax.plot(mean.index, mean.to_numpy(), label=comp, lw=1.4)
+        ax.set_yscale("log")
+        ax.set_title(arm, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("gradient norm (log)")
+    return Fig(title, _save(fig, out / "grad_norms.png"))
+
+
 def all_figures(data: StudyData, s: Summary, out: Path) -> tuple[list[Fig], dict[str, dict[str, float]]]:
     imp, skipped = importances(data)
     figs = [metric_vs_params(data, s, out), *optimisation_history(data, out)]
-    figs += [importance_figure(imp, skipped, out), learning_curves(data, s, out), overhead(s, out)]
-    figs.append(knockout(data, s, out))
+    figs += [best_so_far(data, s, out), importance_figure(imp, skipped, out), learning_curves(data, s, out)]
+    figs += [grad_norms(data, s, out), overhead(s, out), knockout(data, s, out)]
     return figs, imp

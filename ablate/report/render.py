@@ -40,15 +40,55 @@ def _importance_table(imp: dict[str, dict[str, float]]) -> pd.DataFrame:
 def _header(s: Summary, study: str) -> str:
     return (
         f"Study `{study}`: {len(s.numbers)} arm(s) compared with the baseline `{s.baseline}`. "
-        "EM is exact match on the test split in points (percent). Deltas are Welch's t-tests across replicate "
-        f"seeds with Welch-Satterthwaite 95% CIs; p-values are Holm-adjusted across arms (alpha={s.alpha:g})."
+        "EM is exact match on the test split in points (percent). Every comparison is paired by seed and "
+        "test item; 95% CIs and p-values come from a two-way bootstrap that resamples seeds and test items "
+        f"(10,000 resamples). The primary family (each LoRA arm vs `{s.baseline}`) is fixed by the design "
+        f"and Holm-adjusted at alpha={s.alpha:g}; other comparisons are secondary and unadjusted. "
+        f'"Equivalent" needs a TOST within ±{100 * s.sesoi:.1f} EM (study.sesoi); otherwise a '
+        'non-significant result is "inconclusive", with the seeds that would settle it.'
     )
 
 
-def markdown(study: str, s: Summary, table: pd.DataFrame, figs: list[Fig], imp: dict, out: Path) -> str:
+def _interference_table(s: Summary, data_interference: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for arm, g in data_interference.groupby("arm", sort=False):
+        rows.append(
+            {
+                "arm": arm,
+                "seeds": len(g),
+                "cos(ΔW alone, ΔW with X) per seed": ", ".join(f"{v:.3f}" for v in g["cos"]),
+                "mean cos": f"{g['cos'].mean():.3f}",
+                "norm ratio (with X / alone) per seed": ", ".join(f"{v:.2f}" for v in g["norm_ratio"]),
+                "mean norm ratio": f"{g['norm_ratio'].mean():.2f}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+INTERFERENCE_NOTE = (
+    "LoRA's weight update dW = s·B·A trained alone (the baseline) and beside X, same seed, over the "
+    "target matrices both adapted: cosine near 1 means X leaves LoRA's solution in place; a norm "
+    "ratio below 1 means X takes over part of the work."
+)
+
+
+def markdown(
+    study: str, s: Summary, table: pd.DataFrame, figs: list[Fig], imp: dict, out: Path, inter: pd.DataFrame
+) -> str:
     lines = [f"# Ablation report: {study}", "", _header(s, study), "", "## Verdict", ""]
     lines += [f"- {v}" for v in s.verdict]
+    if s.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in s.warnings]
     lines += ["", "## Arms", "", _md_table(table), ""]
+    if len(inter):
+        lines += [
+            "## Do the methods interfere?",
+            "",
+            INTERFERENCE_NOTE,
+            "",
+            _md_table(_interference_table(s, inter)),
+            "",
+        ]
     if imp:
         lines += ["## Hyperparameter importance", "", _md_table(_importance_table(imp)), ""]
     lines += ["## Figures", ""]
@@ -67,7 +107,9 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def html_page(study: str, s: Summary, table: pd.DataFrame, figs: list[Fig], imp: dict) -> str:
+def html_page(
+    study: str, s: Summary, table: pd.DataFrame, figs: list[Fig], imp: dict, inter: pd.DataFrame
+) -> str:
     e = html.escape
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>ablate report: {e(study)}</title>",
@@ -75,8 +117,15 @@ def html_page(study: str, s: Summary, table: pd.DataFrame, figs: list[Fig], imp:
         f"<h1>Ablation report: {e(study)}</h1>",
         f"<p>{e(_header(s, study)).replace('`', '')}</p>",
         "<h2>Verdict</h2><ul id='verdict'>" + "".join(f"<li>{e(v)}</li>" for v in s.verdict) + "</ul>",
-        "<h2>Arms</h2>" + table.to_html(index=False, escape=True, table_id="arms", border=0),
     ]
+    if s.warnings:
+        parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in s.warnings) + "</ul>")
+    parts.append("<h2>Arms</h2>" + table.to_html(index=False, escape=True, table_id="arms", border=0))
+    if len(inter):
+        parts.append(
+            f"<h2>Do the methods interfere?</h2><p>{e(INTERFERENCE_NOTE)}</p>"
+            + _interference_table(s, inter).to_html(index=False, border=0)
+        )
     if imp:
         parts.append(
             "<h2>Hyperparameter importance</h2>" + _importance_table(imp).to_html(index=False, border=0)

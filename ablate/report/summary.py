@@ -1,35 +1,81 @@
 """Per-arm numbers and the verdict, computed from the collected frames (no I/O here).
 
-Task metric: exact match on the test split, recorded as a fraction and shown
-in points (x100), so "+2.1 EM" means 2.1 percentage points of exact matches.
+Task metric: exact match on the test split, recorded per item as 0/1 and shown in
+points (x100), so "+2.1 EM" means 2.1 percentage points of exact matches.
+
+Every comparison is paired: the same replicate seed in both arms (same data order)
+and the same test items, resampled together by ``stats.two_way_bootstrap``. The
+primary family is fixed by the study's design before any data is seen: every
+LoRA-containing arm that is not the baseline and not the parameter-matched control
+(i.e. each LoRA+X, or LoRA on another base), against the baseline, Holm-adjusted.
+Everything else (matched LoRA, X alone, combination vs matched) is secondary and
+reported unadjusted, labelled so.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ablate.report import stats
 from ablate.report.collect import StudyData
 
 METRIC, LOSS = "test_em", "test_loss"
-COSTS = ("trainable_params", "trainable_pct", "tokens_per_s", "step_time_s", "peak_mem_mb", "wall_s")
+COSTS = (
+    "trainable_params",
+    "trainable_pct",
+    "tokens_per_s",
+    "step_time_s",
+    "peak_mem_mb",
+    "base_bytes",
+    "wall_s",
+)
+DEFAULT_SESOI = 0.02  # smallest EM difference of interest: 2 points (study.sesoi records the study's own)
+LOSS_SESOI = 0.02  # nats of mean response loss; the loss comparison is reported, the verdict is on EM
+LATE_BEST = (
+    0.75  # an arm whose best search trial came in the last quarter of its budget may not have converged
+)
+VERDICT_TEXT = {
+    stats.BETTER: "better",
+    stats.WORSE: "worse",
+}
+
+
+@dataclass
+class Interaction:
+    """(LoRA+X) - LoRA - X + zero-shot on test EM, per item and seed, two-way bootstrapped."""
+
+    arm: str
+    single: str
+    diff: float
+    lo: float
+    hi: float
+    p: float
+    n_seeds: int
+    zero_shot: str  # "per item", "mean" or "none": how the zero-shot term entered
 
 
 @dataclass
 class Summary:
     numbers: pd.DataFrame  # one row per arm, raw units: what summary.csv holds and tests compare
-    comparisons: dict[str, stats.Comparison]  # arm -> arm - baseline on test EM (Holm-adjusted p)
-    verdict: list[str]  # sentences / bullet lines, computed from ``numbers``
+    comparisons: dict[str, stats.Comparison]  # arm -> arm - baseline on test EM
+    loss_comparisons: dict[str, stats.Comparison]  # arm -> arm - baseline on test loss
+    secondary: dict[str, stats.Comparison]  # "A vs B" -> A - B on test EM (unadjusted)
+    interactions: dict[str, Interaction]
+    verdict: list[str]  # sentences / bullet lines, computed from the above
     baseline: str
     alpha: float
+    sesoi: float
+    primary: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # search convergence and data notes
 
 
 def pts(x: float, sign: bool = True) -> str:
-    return "n/a" if math.isnan(x) else f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}"
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}"
 
 
 def fmt_p(p: float) -> str:
@@ -58,76 +104,216 @@ def _ratio(a: float, b: float) -> float:
 
 def matched_to(arms: pd.DataFrame, arm: str) -> str | None:
     """The arm a parameter-matched LoRA arm was sized against (pandas may hold a missing one as nan)."""
-    value = arms.loc[arm, "matched_to"]
+    value = arms.loc[arm, "matched_to"] if "matched_to" in arms else None
     return value if isinstance(value, str) and value else None
 
 
 def order_arms(arms: pd.DataFrame, baseline: str) -> list[str]:
-    """Baseline first, combinations in storage order, the parameter-matched LoRA last."""
+    """Baseline first, the other arms in storage order, the parameter-matched LoRA last."""
     names = list(arms.index)
     matched = [a for a in names if matched_to(arms, a)]
     return [baseline] + [a for a in names if a != baseline and a not in matched] + matched
 
 
-def numbers_frame(data: StudyData, baseline: str) -> tuple[pd.DataFrame, dict[str, stats.Comparison]]:
+def primary_family(arms: pd.DataFrame, baseline: str) -> list[str]:
+    """Each LoRA+X (or LoRA on another base) vs the baseline: fixed by the design, not by the data."""
+    return [
+        a
+        for a in order_arms(arms, baseline)
+        if a != baseline and not matched_to(arms, a) and "lora" in list(arms.loc[a, "components"])
+    ]
+
+
+# --------------------------------------------------------------------------- matrices
+
+
+def matrix(data: StudyData, arm: str, col: str = "correct") -> pd.DataFrame:
+    """Seeds x items of one arm (per-item records), or seeds x 1 of per-seed means when the
+    study recorded no items (older studies): the statistics then cover seeds only."""
+    it = data.items
+    if len(it) and (it["arm"] == arm).any():
+        return it[it["arm"] == arm].pivot(index="seed", columns="item", values=col).sort_index()
+    rep = data.replicates
+    metric = METRIC if col == "correct" else LOSS
+    if metric not in rep:
+        return pd.DataFrame({0: np.empty(0)})
+    rep = rep[rep["arm"] == arm].dropna(subset=[metric])
+    return pd.DataFrame({0: rep[metric].to_numpy(dtype=float)}, index=rep["seed"].to_numpy())
+
+
+def aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The seeds and items present in both (per-item vs seed-only records fall back to seed means)."""
+    if (a.shape[1] == 1) != (b.shape[1] == 1):
+        a, b = (pd.DataFrame({0: m.mean(axis=1)}) for m in (a, b))
+    seeds = a.index.intersection(b.index)
+    items = a.columns.intersection(b.columns)
+    a, b = a.loc[seeds, items], b.loc[seeds, items]
+    keep = a.notna().all(axis=1) & b.notna().all(axis=1)
+    return a[keep].to_numpy(dtype=float), b[keep].to_numpy(dtype=float)
+
+
+def _compare(data: StudyData, arm: str, base: str, metric: str, sesoi: float, alpha: float):
+    col = "correct" if metric == "em" else "loss"
+    a, b = aligned(matrix(data, arm, col), matrix(data, base, col))
+    return stats.compare(a, b, metric=metric, sesoi=sesoi, alpha=alpha)
+
+
+def interaction(data: StudyData, arm: str, baseline: str) -> Interaction | None:
+    """The LoRA x X interaction of a two-component arm whose X-alone arm is in the study."""
+    comps = list(data.arms.loc[arm, "components"])
+    if len(comps) != 2 or "lora" not in comps:
+        return None
+    x = next(c for c in comps if c != "lora")
+    single = next((a for a in data.arms.index if list(data.arms.loc[a, "components"]) == [x]), None)
+    if single is None:
+        return None
+    mats = [matrix(data, a) for a in (arm, baseline, single)]
+    seeds = mats[0].index.intersection(mats[1].index).intersection(mats[2].index)
+    items = mats[0].columns.intersection(mats[1].columns).intersection(mats[2].columns)
+    if len(seeds) == 0 or len(items) == 0:
+        return None
+    lx, lo, xo = (m.loc[seeds, items].to_numpy(dtype=float) for m in mats)
+    d = lx - lo - xo
+    how = "none"
+    it = data.items
+    zs = it[(it["arm"] == baseline)] if "zero_shot_correct" in it else it.iloc[0:0]
+    zs = zs.dropna(subset=["zero_shot_correct"]) if len(zs) else zs
+    if len(zs):  # the bare base is deterministic: one seed's per-item zero-shot serves every seed
+        first = zs[zs["seed"] == zs["seed"].min()].set_index("item")["zero_shot_correct"]
+        d = d + first.reindex(items).to_numpy(dtype=float)[None, :]
+        how = "per item"
+    elif f"zero_shot/{METRIC}" in data.replicates and data.replicates[f"zero_shot/{METRIC}"].notna().any():
+        d = d + float(data.replicates[f"zero_shot/{METRIC}"].mean())
+        how = "mean"
+    if np.isnan(d).any():
+        return None
+    bs = stats.two_way_bootstrap(d)
+    return Interaction(arm, single, bs.mean, bs.lo, bs.hi, bs.p, len(seeds), how)
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
     reps, trials = data.replicates, data.trials
     base_rep = reps[reps["arm"] == baseline]
     base_costs = {c: _mean(base_rep, c) for c in COSTS}
-    rows, comps = [], {}
+    primary = primary_family(data.arms, baseline)
+    rows, comps, loss_comps = [], {}, {}
     for arm in order_arms(data.arms, baseline):
         rep = reps[reps["arm"] == arm]
-        em, loss = stats.t_interval(rep.get(METRIC, [])), stats.t_interval(rep.get(LOSS, []))
+        em, loss = matrix(data, arm), matrix(data, arm, "loss")
+        em_iv = stats.interval(em.dropna().to_numpy(dtype=float))
+        loss_iv = stats.interval(loss.dropna().to_numpy(dtype=float))
         costs = {c: _mean(rep, c) for c in COSTS}
         row: dict[str, Any] = {
             "arm": arm,
             "best_config": fmt_config(data.arms.loc[arm, "best_config"]),
-            "seeds": em.n,
-            **{f"em_{k}": getattr(em, k) for k in ("mean", "lo", "hi")},
-            **{f"loss_{k}": getattr(loss, k) for k in ("mean", "lo", "hi")},
+            "seeds": len(em),
+            "items": em.shape[1] if len(em) and em.shape[1] > 1 else 0,
+            **{f"em_{k}": getattr(em_iv, k) for k in ("mean", "lo", "hi")},
+            **{f"loss_{k}": getattr(loss_iv, k) for k in ("mean", "lo", "hi")},
             **costs,
             "params_ratio": _ratio(costs["trainable_params"], base_costs["trainable_params"]),
             "step_time_ratio": _ratio(costs["step_time_s"], base_costs["step_time_s"]),
             "mem_ratio": _ratio(costs["peak_mem_mb"], base_costs["peak_mem_mb"]),
+            "primary": arm in primary,
         }
         if arm != baseline:
-            comps[arm] = stats.welch(rep.get(METRIC, []), base_rep.get(METRIC, []))
+            comps[arm] = _compare(data, arm, baseline, "em", sesoi, alpha)
+            loss_comps[arm] = _compare(data, arm, baseline, "loss", LOSS_SESOI, alpha)
         st = trials[trials["arm"] == arm]["state"] if len(trials) else pd.Series(dtype=str)
         for state in ("complete", "pruned", "failed"):
             row[f"trials_{state}"] = int((st == state).sum())
         rows.append(row)
-    tested = [a for a, c in comps.items() if c.tested]
-    for arm, p_adj in zip(tested, stats.holm([comps[a].p for a in tested]), strict=True):
-        comps[arm] = replace(comps[arm], p_adj=p_adj)
+    comps = stats.holm_family(comps, primary, alpha)
     df = pd.DataFrame(rows).set_index("arm", drop=False)
-    for col in ("diff", "lo", "hi", "p", "p_adj", "df", "status"):
+    fields = ("diff", "lo", "hi", "p", "p_adj", "p_seed", "hedges_g", "mde", "tost_p", "seeds_needed")
+    for col in (*fields, "status", "verdict"):
         df[f"delta_{col}"] = [getattr(comps[a], col) if a in comps else None for a in df.index]
-    return df, comps
+    for col in ("diff", "lo", "hi", "p"):
+        df[f"loss_delta_{col}"] = [getattr(loss_comps[a], col) if a in loss_comps else None for a in df.index]
+    inter = data.interference
+    for col in ("cos", "norm_ratio"):
+        df[f"interference_{col}"] = [
+            float(inter.loc[inter["arm"] == a, col].mean()) if (inter["arm"] == a).any() else math.nan
+            for a in df.index
+        ]
+    return df, comps, loss_comps, primary
 
 
-def _comparison_text(c: stats.Comparison, alpha: float, base_label: str, adjusted: bool = True) -> str:
-    """One clause for ``arm - baseline``; never prints nan, says why a number is missing."""
+def secondary_comparisons(data: StudyData, numbers: pd.DataFrame, sesoi: float, alpha: float):
+    """Each combination against the LoRA arm parameter-matched to it (same trainable-parameter budget)."""
+    out = {}
+    for arm in numbers.index:
+        target = matched_to(data.arms, arm)
+        if target and target in numbers.index:
+            out[f"{target} vs {arm}"] = _compare(data, target, arm, "em", sesoi, alpha)
+    return out
+
+
+def convergence_warnings(data: StudyData) -> list[str]:
+    """Arms whose best search trial came in the last quarter of the budget."""
+    out = []
+    t = data.trials
+    for arm in data.arms.index:
+        objective = data.arms.loc[arm, "objective"]
+        directions = data.arms.loc[arm, "directions"] if "directions" in data.arms else ["minimize"]
+        budget = data.arms.loc[arm, "n_trials_budget"] if "n_trials_budget" in data.arms else None
+        col = f"value.{objective[0]}"
+        done = t[(t["arm"] == arm) & (t["state"] == "complete")] if len(t) else t
+        if not budget or col not in done or len(done) < 2 or len(directions) != 1:
+            continue
+        values = done.sort_values("number")[col].to_numpy(dtype=float)
+        numbers = done.sort_values("number")["number"].to_numpy()
+        best = int(np.argmin(values) if directions[0] == "minimize" else np.argmax(values))
+        if numbers[best] + 1 > LATE_BEST * float(budget):
+            out.append(
+                f"{arm}: the best search trial was #{numbers[best] + 1} of {int(budget)}, in the last "
+                "quarter of the budget: search may not have converged; raise study.n_trials."
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- words
+
+
+def _verdict_word(c: stats.Comparison, sesoi: float) -> str:
+    if c.verdict == stats.EQUIVALENT:
+        return f"EQUIVALENT within ±{100 * sesoi:.1f} EM"
+    if c.verdict == stats.INCONCLUSIVE:
+        if c.status == stats.NO_DATA:
+            return "INCONCLUSIVE (no replicate seeds in both arms yet)"
+        if c.more_items_needed:
+            return "INCONCLUSIVE — more seeds alone would not settle it: the test set is too small (raise data.n_test)"
+        if c.seeds_needed is None:
+            return f"INCONCLUSIVE — would need more than {stats.MAX_SEEDS:,} seeds"
+        return f"INCONCLUSIVE — would need about {c.seeds_needed} seeds"
+    return VERDICT_TEXT[c.verdict].upper()
+
+
+def _numbers_text(c: stats.Comparison, loss: stats.Comparison | None, adjusted: bool) -> str:
     if c.status == stats.NO_DATA:
-        return "no replicate seeds recorded yet, so no comparison"
-    if c.status == stats.FEW_SEEDS:
-        return (
-            f"{pts(c.diff)} EM vs {base_label} from {c.n_arm} vs {c.n_base} seed(s); "
-            "fewer than 2 seeds in an arm, so no CI and no p-value"
-        )
-    if c.status == stats.IDENTICAL:
-        return (
-            f"identical to {base_label} on every seed ({c.n_arm} vs {c.n_base} seeds): "
-            "a difference of 0 with no spread, so no CI and no p-value"
-        )
-    if c.status == stats.NO_SPREAD:
-        return (
-            f"{pts(c.diff)} EM vs {base_label}, but every seed of both arms scored the same within "
-            "its arm (no spread), so a t-test is undefined: no CI and no p-value"
-        )
+        return "no seed has test scores in both arms yet"
     p, label = (c.p_adj, "Holm-adjusted p") if adjusted else (c.p, "unadjusted p")
-    ci = f"95% CI {pts(c.lo)}..{pts(c.hi)}, {label}={fmt_p(p)}"
-    if p < alpha:
-        return f"{pts(c.diff)} EM vs {base_label} ({ci})"
-    return f"{pts(c.diff)} EM vs {base_label}, not a significant difference at alpha={alpha:g} ({ci})"
+    parts = [
+        f"{pts(c.diff)} EM (95% CI {pts(c.lo)}..{pts(c.hi)}, {label}={fmt_p(p)}",
+        f"TOST p={fmt_p(c.tost_p)} at ±{100 * c.sesoi:.1f}",
+    ]
+    if not math.isnan(c.p_seed):
+        parts.append(f"paired t over seeds p={fmt_p(c.p_seed)}")
+    if not math.isnan(c.hedges_g):
+        parts.append(f"Hedges' g={c.hedges_g:.2f}")
+    if not math.isnan(c.mde):
+        parts.append(f"detectable at 80% power: {100 * c.mde:.1f} EM")
+    text = "; ".join(parts) + f"; {c.n_seeds} seed(s) x {c.n_items} item(s))"
+    if loss is not None and loss.status != stats.NO_DATA:
+        text += f"; test loss {loss.diff:+.3f} (95% CI {loss.lo:+.3f}..{loss.hi:+.3f})"
+    if c.n_items == 1:
+        text += "; no per-item records, so the interval covers seeds only"
+    if c.note:
+        text += f"; {c.note}"
+    return text
 
 
 def _costs_text(row: pd.Series) -> str:
@@ -154,63 +340,95 @@ def _knockout_text(data: StudyData, arm: str) -> str:
     return f" EM change with one component switched off at evaluation: {', '.join(drops)}." if drops else ""
 
 
-def verdict(
-    data: StudyData, numbers: pd.DataFrame, comps: dict[str, stats.Comparison], baseline: str, alpha: float
-) -> list[str]:
+def verdict(data: StudyData, s: Summary) -> list[str]:
+    numbers, baseline = s.numbers, s.baseline
     base = numbers.loc[baseline]
     label = "LoRA-only" if baseline == "lora" else baseline
     if base["seeds"] == 0:
         head = f"Baseline {baseline}: no replicate seeds recorded yet."
-    elif base["seeds"] < 2:
-        head = (
-            f"Baseline {baseline}: test EM {pts(base['em_mean'], False)} from 1 seed (no CI with one seed)."
-        )
     else:
+        design = f"{int(base['seeds'])} seed(s)" + (
+            f" x {int(base['items'])} test items" if base["items"] else ""
+        )
         head = (
             f"Baseline {baseline}: test EM {pts(base['em_mean'], False)} "
-            f"(95% CI {pts(base['em_lo'], False)}..{pts(base['em_hi'], False)}) over {base['seeds']} seeds."
+            f"(95% CI {pts(base['em_lo'], False)}..{pts(base['em_hi'], False)}) over {design}."
         )
     lines = [head]
-    for arm, c in comps.items():
+    for arm, c in s.comparisons.items():
         row = numbers.loc[arm]
         name = arm
         matched = matched_to(data.arms, arm)
         if matched:
             r = (data.arms.loc[arm, "best_config"].get("lora") or {}).get("r")
-            known = matched in numbers.index  # the study writes a placeholder until matching has run
             ratio = (
                 _ratio(row["trainable_params"], numbers.loc[matched, "trainable_params"])
-                if known
+                if matched in numbers.index
                 else math.nan
             )
             extra = f", {ratio:.2f}x the trainable params of {matched}" if not math.isnan(ratio) else ""
             name = f"{arm} (LoRA r={r}, parameter-matched to {matched}{extra})"
-        line = f"{name}: {_comparison_text(c, alpha, label)}"
+        tag = "primary" if c.primary else "secondary, unadjusted"
+        line = f"{name} vs {label} [{tag}]: {_verdict_word(c, s.sesoi)}: "
+        line += _numbers_text(c, s.loss_comparisons.get(arm), c.primary)
         lines.append(
             line + (_costs_text(row) if c.status != stats.NO_DATA else "") + "." + _knockout_text(data, arm)
         )
-        if matched and matched in numbers.index:
-            rep = data.replicates
-            vs = stats.welch(
-                rep[rep["arm"] == matched].get(METRIC, []), rep[rep["arm"] == arm].get(METRIC, [])
+    for key, c in s.secondary.items():
+        lines.append(
+            f"{key} (same parameter budget) [secondary, unadjusted]: {_verdict_word(c, s.sesoi)}: "
+            + _numbers_text(c, None, False)
+            + "."
+        )
+    for arm, it in s.interactions.items():
+        zero = {"per item": "", "mean": " (zero-shot term: its mean only)", "none": " (no zero-shot record)"}
+        lines.append(
+            f"Interaction {arm}: ({arm}) - lora - {it.single} + zero-shot = {pts(it.diff)} EM "
+            f"(95% CI {pts(it.lo)}..{pts(it.hi)}, p={fmt_p(it.p)}, {it.n_seeds} seed(s)){zero[it.zero_shot]}: "
+            + (
+                "the methods help each other (super-additive)."
+                if it.lo > 0
+                else "the gains overlap (sub-additive)."
+                if it.hi < 0
+                else "no evidence that the effects are not additive."
             )
-            lines.append(
-                f"{matched} vs {arm} (same parameter budget): {_comparison_text(vs, alpha, arm, False)}."
-            )
-    wins = [a for a, c in comps.items() if c.tested and c.p_adj < alpha and c.diff > 0]
-    losses = [a for a, c in comps.items() if c.tested and c.p_adj < alpha and c.diff < 0]
-    if wins:
-        lines.append(f"Significantly better than {label} at alpha={alpha:g} after Holm: {', '.join(wins)}.")
-    else:
-        lines.append(f"No arm is significantly better than {label} at alpha={alpha:g} after Holm adjustment.")
-    if losses:
-        lines.append(f"Significantly worse than {label}: {', '.join(losses)}.")
+        )
+    by = {k: [a for a in s.primary if s.comparisons[a].verdict == k] for k in VERDICT_ORDER}
+    summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in by.items() if v)
+    lines.append(
+        f"Primary family (fixed by the design: each LoRA arm vs {label}, Holm at alpha={s.alpha:g}, "
+        f"{len(s.primary)} comparison(s)): " + (summary or "empty") + "."
+    )
     return lines
 
 
-def summarise(data: StudyData, baseline: str = "lora", alpha: float = 0.05) -> Summary:
-    numbers, comps = numbers_frame(data, baseline)
-    return Summary(numbers, comps, verdict(data, numbers, comps, baseline, alpha), baseline, alpha)
+VERDICT_ORDER = (stats.BETTER, stats.WORSE, stats.EQUIVALENT, stats.INCONCLUSIVE)
+
+
+def summarise(
+    data: StudyData, baseline: str = "lora", alpha: float = 0.05, sesoi: float | None = None
+) -> Summary:
+    if sesoi is None:
+        recorded = data.studies[baseline].user_attrs.get("sesoi") if baseline in data.studies else None
+        sesoi = float(recorded) if recorded is not None else DEFAULT_SESOI
+    numbers, comps, loss_comps, primary = numbers_frame(data, baseline, sesoi, alpha)
+    s = Summary(
+        numbers,
+        comps,
+        loss_comps,
+        secondary_comparisons(data, numbers, sesoi, alpha),
+        {a: it for a in numbers.index if (it := interaction(data, a, baseline)) is not None},
+        [],
+        baseline,
+        alpha,
+        sesoi,
+        primary,
+        convergence_warnings(data),
+    )
+    for arm, it in s.interactions.items():
+        numbers.loc[arm, ["interaction_diff", "interaction_lo", "interaction_hi"]] = [it.diff, it.lo, it.hi]
+    s.verdict = verdict(data, s)
+    return s
 
 
 def display_table(s: Summary) -> pd.DataFrame:
@@ -219,27 +437,32 @@ def display_table(s: Summary) -> pd.DataFrame:
     def ci(mean: float, lo: float, hi: float, n: int) -> str:
         if n == 0:
             return "-"
-        if math.isnan(lo):
-            return f"{pts(mean, False)} (1 seed, no CI)"
-        return f"{pts(mean, False)} ± {100 * (hi - lo) / 2:.1f}"
+        return f"{pts(mean, False)} [{pts(lo, False)}..{pts(hi, False)}]"
 
     def loss_ci(mean: float, lo: float, hi: float, n: int) -> str:
-        if n == 0:
-            return "-"
-        return f"{mean:.3f}" + (" (1 seed)" if math.isnan(lo) else f" ± {(hi - lo) / 2:.3f}")
+        return "-" if n == 0 else f"{mean:.3f} [{lo:.3f}..{hi:.3f}]"
 
     def delta(arm: str) -> str:
         c = s.comparisons.get(arm)
         if c is None:
             return "baseline"
-        if c.status == stats.OK:
-            return f"{pts(c.diff)} [{pts(c.lo)}..{pts(c.hi)}], p={fmt_p(c.p_adj)}"
-        return {
-            stats.NO_DATA: "-",
-            stats.FEW_SEEDS: f"{pts(c.diff)} (<2 seeds: no CI, no p)",
-            stats.IDENTICAL: "0.0 (identical on every seed)",
-            stats.NO_SPREAD: f"{pts(c.diff)} (no spread: no test)",
-        }[c.status]
+        if c.status == stats.NO_DATA:
+            return "-"
+        p = c.p_adj if c.primary else c.p
+        return f"{pts(c.diff)} [{pts(c.lo)}..{pts(c.hi)}], p={fmt_p(p)}" + ("" if c.primary else " (unadj.)")
+
+    def word(arm: str) -> str:
+        c = s.comparisons.get(arm)
+        if c is None or c.status == stats.NO_DATA:
+            return "-"
+        if c.verdict == stats.EQUIVALENT:
+            return f"equivalent (±{100 * s.sesoi:.1f})"
+        if c.verdict == stats.INCONCLUSIVE:
+            more = (
+                "more items" if c.more_items_needed else f"~{c.seeds_needed} seeds" if c.seeds_needed else ""
+            )
+            return "inconclusive" + (f" ({more})" if more else "")
+        return c.verdict
 
     def num(x: float, f: str) -> str:
         return "-" if x is None or math.isnan(x) else format(x, f)
@@ -251,14 +474,14 @@ def display_table(s: Summary) -> pd.DataFrame:
                 "arm": arm,
                 "best configuration": r["best_config"] or "-",
                 "seeds": int(r["seeds"]),
-                "test EM (mean ± 95% CI)": ci(r["em_mean"], r["em_lo"], r["em_hi"], r["seeds"]),
-                "test loss (mean ± 95% CI)": loss_ci(r["loss_mean"], r["loss_lo"], r["loss_hi"], r["seeds"]),
+                "test EM [95% CI]": ci(r["em_mean"], r["em_lo"], r["em_hi"], r["seeds"]),
+                "test loss [95% CI]": loss_ci(r["loss_mean"], r["loss_lo"], r["loss_hi"], r["seeds"]),
                 "trainable params": num(r["trainable_params"], ",.0f"),
                 "% trainable": num(r["trainable_pct"], ".3f"),
                 "tokens/s": num(r["tokens_per_s"], ",.0f"),
                 "peak mem (MB)": num(r["peak_mem_mb"], ",.0f"),
-                "wall (s)": num(r["wall_s"], ",.1f"),
-                "Δ EM vs baseline [95% CI], Holm p": delta(arm),
+                "Δ EM vs baseline [95% CI], p": delta(arm),
+                "verdict": word(arm),
                 "trials c/p/f": f"{r['trials_complete']}/{r['trials_pruned']}/{r['trials_failed']}",
             }
         )

@@ -20,11 +20,10 @@ Z80 = st.norm.ppf(0.975) + st.norm.ppf(0.8)  # two-sided alpha = 0.05 at 80% pow
 
 
 def _brute_seeds_needed(c: stats.Comparison, alpha: float = 0.05) -> tuple[int | None, bool]:
-    """The planning rule, by a plain loop over N (no closed form): the residual counted 3x, as the
-    pigeonhole bootstrap that gives the verdict counts it."""
+    """The planning rule, by a plain loop over N (no closed form)."""
     vp = c.variance
     seed = 0.0 if math.isnan(vp.seed) else vp.seed
-    vom = lambda n: seed / n + vp.item / c.n_items + 3 * vp.resid / (n * c.n_items)  # noqa: E731
+    vom = lambda n: seed / n + vp.item / c.n_items + vp.resid / (n * c.n_items)  # noqa: E731
     if abs(c.diff) >= c.sesoi:
         z, target = Z80, abs(c.diff)
     else:
@@ -94,7 +93,9 @@ def test_one_item_reduces_to_a_seed_bootstrap():
     c = stats.compare(arm, base, metric="em", sesoi=0.02)
     assert c.p_seed == pytest.approx(st.ttest_rel(arm[:, 0], base[:, 0]).pvalue, rel=1e-9)
     vp = c.variance
-    assert (vp.item, vp.resid) == (0.0, 0.0) and vp.seed == pytest.approx(np.var(d, ddof=1))
+    # planning parts: all of the bootstrap variance is per seed (one item: nothing fixed)
+    assert (vp.item, vp.resid) == (0.0, 0.0) and vp.seed == pytest.approx(30 * ours.se**2, rel=0.02)
+    assert vp.seed == pytest.approx(np.var(d, ddof=1), rel=0.1)
 
 
 def test_interval_of_one_arm():
@@ -153,8 +154,10 @@ def test_hedges_g_by_hand_and_mde_closed_form():
     m = sum(per_seed) / 5
     sd = math.sqrt(sum((x - m) ** 2 for x in per_seed) / 4)
     assert c.hedges_g == pytest.approx(m / sd * (1 - 3 / (4 * 4 - 1)))
-    v = c.variance
-    assert c.mde == pytest.approx(Z80 * math.sqrt(v.seed / 5 + v.item / 3 + 3 * v.resid / 15))
+    # planning is calibrated to the bootstrap: at the current design its variance is the bootstrap's
+    boot = stats.two_way_bootstrap(arm - base, n_resamples=2000, confidence=0.95)
+    assert c.variance.var_of_mean(5, 3) == pytest.approx(boot.se**2)
+    assert c.mde == pytest.approx(Z80 * math.sqrt(c.variance.var_of_mean(5, 3)))
     # two seeds: J = 1 - 3/(4*1-1) = 0, which would report g = 0 for any effect -> nan instead
     assert math.isnan(stats.compare(arm[:2], base[:2], metric="loss", sesoi=0.05, n_resamples=200).hedges_g)
 

@@ -252,7 +252,7 @@ def best_so_far(data: StudyData, s: Summary, out: Path) -> Fig:
         values = at[col].where(at["state"] == "complete")
         if values.notna().sum() == 0:
             continue
-        best = values.cummin() if directions[0] == "minimize" else values.cummax()
+        best = (values.cummin() if directions[0] == "minimize" else values.cummax()).ffill()
         ax.step(at["number"] + 1, best, where="post", color=colors[arm], label=arm, lw=1.8)
         ax.scatter(at["number"] + 1, values, s=10, color=colors[arm], alpha=0.4)
         budget = data.arms.loc[arm, "n_trials_budget"] if "n_trials_budget" in data.arms else None
@@ -282,11 +282,12 @@ def grad_norms(data: StudyData, s: Summary, out: Path) -> Fig:
             title, None, data.curves_note or "No gradient-norm history recorded for the replicate runs."
         )
     arms = [a for a in s.numbers.index if (g["arm"] == a).any()]
+    comp_colors = _colors(list(dict.fromkeys(g["component"])))  # one colour per component on every panel
     fig, axes = plt.subplots(1, len(arms), figsize=(4 * len(arms), 3.2), squeeze=False, sharey=True)
     for ax, arm in zip(axes[0], arms, strict=True):
         for comp, cg in g[g["arm"] == arm].groupby("component", sort=False):
             mean = cg.groupby("step")["grad_norm"].mean()
-            ax.plot(mean.index, mean.to_numpy(), label=comp, lw=1.4)
+            ax.plot(mean.index, mean.to_numpy(), label=comp, lw=1.4, color=comp_colors[comp])
         ax.set_yscale("log")
         ax.set_title(arm, fontsize=10)
         ax.set_xlabel("step")

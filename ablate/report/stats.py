@@ -240,16 +240,21 @@ class Comparison:
 
 
 def _planning_parts(parts: VarianceParts) -> VarianceParts:
-    """The variance the verdict's bootstrap will see, for planning seeds and the MDE.
+    """With one seed the seed component is unknown: plan with 0 there, i.e. a lower bound."""
+    return dataclasses.replace(parts, seed=0.0) if math.isnan(parts.seed) else parts
 
-    The pigeonhole bootstrap counts the seed x item interaction about three times
-    (Owen 2007; checked in the tests), so planning with the plain ANOVA variance would
-    promise a verdict at fewer seeds than the bootstrap can give it: plan with 3x the
-    residual instead. With one seed the seed component is unknown: plan with 0 there,
-    i.e. a lower bound, which the note says.
+
+def _calibrated(parts: VarianceParts, se: float, n_seeds: int, n_items: int) -> VarianceParts:
+    """Planning variance that equals the verdict's own bootstrap variance at the current design.
+
+    The pigeonhole bootstrap does not reproduce the ANOVA variance exactly (it counts the
+    seed x item interaction about three times and the seed term (S-1)/S times, Owen 2007),
+    so planning with the ANOVA parts would promise verdicts the bootstrap cannot give. Keep
+    the item term, which more seeds cannot shrink, and put the rest of ``se**2`` on the
+    per-seed term: ``var(N) = A/N + item/I`` with ``var(S) == se**2``.
     """
-    seed = 0.0 if math.isnan(parts.seed) else parts.seed
-    return dataclasses.replace(parts, seed=seed, resid=3 * parts.resid)
+    fixed = min(parts.item / n_items, se**2)
+    return VarianceParts(seed=n_seeds * (se**2 - fixed), item=fixed * n_items, resid=0.0)
 
 
 def _mde(parts: VarianceParts, n_seeds: int, n_items: int, alpha: float) -> float:
@@ -387,7 +392,7 @@ def compare(
     else:
         boot = two_way_bootstrap(d, n_resamples=n_resamples, confidence=1 - alpha, seed=seed)
         diff, lo, hi, p, tost_p = boot.mean, boot.lo, boot.hi, boot.p, boot.tost_p(sesoi)
-        parts = variance_parts(d)
+        parts = _calibrated(variance_parts(d), boot.se, n_seeds, n_items)
         status, note = (ONE_SEED, NOTE_ONE_SEED) if n_seeds == 1 else (OK, "")
 
     c = Comparison(

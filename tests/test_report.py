@@ -352,3 +352,25 @@ def test_study_without_replicates_yet_still_reports(recorded, tmp_path):
     assert "Baseline lora: no replicate seeds recorded yet." in md
     assert "lora+adapter vs LoRA-only [primary]: INCONCLUSIVE (no replicate seeds in both arms yet)" in md
     assert len(pd.read_csv(out / "trials.csv")) == 14 and "nan" not in md.lower()
+
+
+def test_capacity_levels_are_read_and_plotted(tmp_path):
+    rec = write_study(tmp_path / "cap", "cap", arms=("lora", "lora+adapter"), mlflow=False)
+    recorded = {}
+    for arm in ("lora", "lora+adapter"):
+        st = optuna.load_study(study_name=f"cap/{arm}", storage=rec.storage)
+        levels = {
+            str(k): {
+                str(s): {"test_em": 0.5 + 0.01 * k + 0.001 * s, "trainable_params": 1000 * k} for s in (0, 1)
+            }
+            for k in (1, 4, 16)
+        }
+        st.set_user_attr("capacity", levels)
+        recorded[arm] = levels
+    data = collect("cap", rec.storage, None)
+    assert len(data.capacity) == 2 * 3 * 2
+    row = data.capacity[(data.capacity["arm"] == "lora+adapter") & (data.capacity["level"] == 4)]
+    assert row["test_em"].tolist() == pytest.approx([0.54, 0.541])
+    out = build_report("cap", rec.storage, None, tmp_path / "out")
+    assert (out / "figures" / "capacity.png").exists()
+    assert "### Capacity: test EM against trainable parameters" in (out / "report.md").read_text()

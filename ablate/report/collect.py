@@ -17,6 +17,7 @@ import pandas as pd
 from ablate.errors import ConfigError, redact
 
 ITEM_COLUMNS = ["arm", "seed", "item", "correct", "loss"]
+CAPACITY_COLUMNS = ["arm", "level", "seed", "test_em", "trainable_params"]
 INTERFERENCE_COLUMNS = ["arm", "seed", "cos", "cos_mean", "norm_ratio", "n_matrices"]
 STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
@@ -36,6 +37,8 @@ class StudyData:
     items: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ITEM_COLUMNS))
     grad_norms: pd.DataFrame | None = None  # arm, seed, component, step, grad_norm (replicate runs)
     interference: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=INTERFERENCE_COLUMNS))
+    #: study.capacity_levels: arm, level, seed, test_em, trainable_params (level 1 = the replicates)
+    capacity: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CAPACITY_COLUMNS))
 
 
 def _check_storage(storage: str, study: str) -> None:
@@ -161,6 +164,23 @@ def interference_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=INTERFERENCE_COLUMNS if not rows else None)
 
 
+def capacity_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
+    """Test EM and trainable params of each arm's best configuration at every capacity level."""
+    rows = [
+        {
+            "arm": arm,
+            "level": int(level),
+            "seed": int(seed),
+            "test_em": m.get("test_em"),
+            "trainable_params": m.get("trainable_params"),
+        }
+        for arm, st in studies.items()
+        for level, seeds in (st.user_attrs.get("capacity") or {}).items()
+        for seed, m in (seeds or {}).items()
+    ]
+    return pd.DataFrame(rows, columns=CAPACITY_COLUMNS if not rows else None)
+
+
 def grad_norm_curves(tracking_uri: str, data: StudyData) -> pd.DataFrame:
     """Per-component gradient-norm histories of the replicate runs (logged every step by the trainer)."""
     from mlflow import MlflowClient
@@ -243,6 +263,7 @@ def collect(study: str, storage: str, tracking_uri: str | None) -> StudyData:
     )
     data.items = items_frame(study, storage, list(studies))
     data.interference = interference_frame(studies)
+    data.capacity = capacity_frame(studies)
     if tracking_uri is None:
         data.curves_note = "No tracking URI given, so no learning curves (they live in MLflow)."
     else:

@@ -297,9 +297,51 @@ def grad_norms(data: StudyData, s: Summary, out: Path) -> Fig:
     return Fig(title, _save(fig, out / "grad_norms.png"))
 
 
+def capacity(data: StudyData, s: Summary, out: Path) -> Fig | None:
+    """Quality against trainable parameters as each arm's capacity is scaled (study.capacity_levels)."""
+    c = data.capacity
+    if c is None or c.empty:
+        return None  # the study did not scale capacity: no figure, no placeholder
+    title = "Capacity: test EM against trainable parameters (each arm's best configuration scaled)"
+    colors = _colors(list(s.numbers.index))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for arm, g in c.groupby("arm", sort=False):
+        agg = g.groupby("level").agg(
+            params=("trainable_params", "mean"),
+            em=("test_em", "mean"),
+            lo=("test_em", "min"),
+            hi=("test_em", "max"),
+        )
+        agg = agg.sort_values("params")
+        ax.errorbar(
+            agg["params"],
+            100 * agg["em"],
+            yerr=[100 * (agg["em"] - agg["lo"]), 100 * (agg["hi"] - agg["em"])],
+            marker="o",
+            capsize=3,
+            color=colors.get(arm, "black"),
+            label=arm,
+        )
+        for level, r in agg.iterrows():
+            ax.annotate(
+                f"{level}x",
+                (r["params"], 100 * r["em"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log)")
+    ax.set_ylabel("test EM (points; bars: range over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return Fig(title, _save(fig, out / "capacity.png"))
+
+
 def all_figures(data: StudyData, s: Summary, out: Path) -> tuple[list[Fig], dict[str, dict[str, float]]]:
     imp, skipped = importances(data)
     figs = [metric_vs_params(data, s, out), *optimisation_history(data, out)]
     figs += [best_so_far(data, s, out), importance_figure(imp, skipped, out), learning_curves(data, s, out)]
     figs += [grad_norms(data, s, out), overhead(s, out), knockout(data, s, out)]
+    figs += [f for f in (capacity(data, s, out),) if f is not None]
     return figs, imp

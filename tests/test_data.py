@@ -7,6 +7,8 @@ chat template, so both prompt paths of ``encode`` are covered.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import inspect
 import json
 import random
 import re
@@ -19,7 +21,10 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from ablate.cli import normalize_overrides
 from ablate.data import (
     IGNORE_INDEX,
     TASKS,
@@ -31,6 +36,7 @@ from ablate.data import (
     padding_fraction,
 )
 from ablate.data.config import BUILTIN_TASKS
+from ablate.data.tasks import OPTIONS
 from ablate.data.tokenize import collate
 from ablate.errors import ConfigError
 from ablate.tiny import build_tiny_tokenizer
@@ -38,9 +44,12 @@ from ablate.tiny import build_tiny_tokenizer
 SPLIT_SIZES = {"train": 300, "validation": 40, "test": 60}
 
 
-def _tasks(name: str, seed: int = 0, **sizes: int) -> dict[str, list[Example]]:
+def _tasks(
+    name: str, seed: int = 0, task_options: dict[str, Any] | None = None, **sizes: int
+) -> dict[str, list[Example]]:
     counts = {f"n_{k}": v for k, v in (SPLIT_SIZES | sizes).items()}
-    return load_splits(DataConfig.from_dict({"name": name, "seed": seed, **counts}))
+    opts = {} if task_options is None else {"task_options": task_options}
+    return load_splits(DataConfig.from_dict({"name": name, "seed": seed, **counts, **opts}))
 
 
 def _plain_tokenizer() -> Any:
@@ -91,12 +100,18 @@ def _check_dates(ex: Example) -> None:
     raise AssertionError(f"unparsed date prompt: {ex.prompt}")
 
 
-def _check_arithmetic(ex: Example) -> None:
-    m = re.fullmatch(r"What is (\d{2,4}) ([+-]) (\d{2,4})\?", ex.prompt)
+def _parse_arithmetic(ex: Example) -> tuple[int, str, int]:
+    m = re.fullmatch(r"What is ([1-9]\d*) ([+-]) ([1-9]\d*)\?", ex.prompt)
     assert m, ex.prompt
     a, op, b = int(m[1]), m[2], int(m[3])
     assert ex.response == str(a + b if op == "+" else a - b)
     assert int(ex.response) >= 0
+    return a, op, b
+
+
+def _check_arithmetic(ex: Example) -> None:
+    a, _, b = _parse_arithmetic(ex)
+    assert 10 <= a <= 9999 and 10 <= b <= 9999  # default options: 2-4 digit operands
 
 
 def _check_json_extract(ex: Example) -> None:
@@ -135,6 +150,138 @@ def test_task_answers_are_correct_and_short(task: str) -> None:
         CHECKS[task](ex)
     # Short enough for SmolLM2-135M on a CPU: ~3 characters per token keeps this under ~40 tokens.
     assert max(len(ex.prompt) + len(ex.response) for ex in examples) <= 120
+
+
+# Drawn before task options existed: default options must keep drawing exactly these (the first
+# three test examples at SPLIT_SIZES, seed 0), so old runs and new runs see the same data.
+FROZEN_TEST_HEAD = {
+    "arithmetic": [
+        ("What is 30 + 68?", "98"),
+        ("What is 334 - 106?", "228"),
+        ("What is 7325 - 4425?", "2900"),
+    ],
+    "dates": [
+        ("Convert to YYYY-MM-DD: 1994/09/18", "1994-09-18"),
+        ("Convert to YYYY-MM-DD: 1986/03/10", "1986-03-10"),
+        ("Convert to YYYY-MM-DD: February 13th 1952", "1952-02-13"),
+    ],
+    "json_extract": [
+        (
+            "Extract name, age, city as JSON: Alice is 82 and lives in Madrid.",
+            '{"name": "Alice", "age": 82, "city": "Madrid"}',
+        ),
+        (
+            "Extract name, age, city as JSON: At 18, Rosa moved to Denver.",
+            '{"name": "Rosa", "age": 18, "city": "Denver"}',
+        ),
+        (
+            "Extract name, age, city as JSON: Meet Umar from Lima, who is 61.",
+            '{"name": "Umar", "age": 61, "city": "Lima"}',
+        ),
+    ],
+}
+# sha256 of every split's (prompt, response) pairs at SPLIT_SIZES, seed 0, from the same draw.
+FROZEN_DIGEST = {
+    "arithmetic": "9bfa824f9ade1112",
+    "dates": "f8316fac8192209c",
+    "json_extract": "902eb763a984c51b",
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_default_task_options_draw_the_frozen_examples(task: str) -> None:
+    splits = _tasks(task)
+    assert [(ex.prompt, ex.response) for ex in splits["test"][:3]] == FROZEN_TEST_HEAD[task]
+    pairs = {k: [(ex.prompt, ex.response) for ex in v] for k, v in splits.items()}
+    assert hashlib.sha256(repr(pairs).encode()).hexdigest()[:16] == FROZEN_DIGEST[task]
+    # Spelling the defaults out (as conf/data/arithmetic.yaml does) changes nothing.
+    defaults = {k: spec.default for k, spec in OPTIONS.get(task, {}).items()}
+    assert _tasks(task, task_options=defaults) == splits
+
+
+@pytest.mark.parametrize("task", sorted(OPTIONS))
+def test_task_option_defaults_are_the_generators_defaults(task: str) -> None:
+    params = inspect.signature(TASKS[task]).parameters
+    for key, spec in OPTIONS[task].items():
+        assert params[key].kind is inspect.Parameter.KEYWORD_ONLY
+        assert spec.parse(params[key].default) == spec.default == spec.parse(spec.default)
+
+
+# options -> (operand digit range, operations); every case's space is large enough for SPLIT_SIZES.
+ARITHMETIC_OPTIONS = {
+    "default": ({}, (2, 4), "+-"),
+    "one to two digits": ({"digits": [1, 2]}, (1, 2), "+-"),
+    "two digits": ({"digits": [2, 2]}, (2, 2), "+-"),
+    "two to three digits": ({"digits": [2, 3]}, (2, 3), "+-"),
+    "addition only": ({"ops": "+"}, (2, 4), "+"),
+    "subtraction only, wide": ({"digits": [3, 6], "ops": "-"}, (3, 6), "-"),
+    "ops in any order": ({"digits": [1, 3], "ops": "-+"}, (1, 3), "+-"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARITHMETIC_OPTIONS))
+def test_arithmetic_options_set_digits_and_operations(case: str) -> None:
+    options, (low, high), ops = ARITHMETIC_OPTIONS[case]
+    splits = _tasks("arithmetic", task_options=options)
+    assert {k: len(v) for k, v in splits.items()} == SPLIT_SIZES
+    prompts = [ex.prompt for split in splits.values() for ex in split]
+    assert len(set(prompts)) == sum(SPLIT_SIZES.values())  # disjoint, no repeats within
+    assert _tasks("arithmetic", task_options=options) == splits  # deterministic
+    parsed = [_parse_arithmetic(ex) for split in splits.values() for ex in split]
+    digits = Counter(len(str(n)) for a, _, b in parsed for n in (a, b))
+    assert set(digits) == set(range(low, high + 1))  # every count in the range, nothing outside
+    assert {op for _, op, _ in parsed} == set(ops)
+    # A change of options is a change of examples, drawn deterministically from the same seed.
+    if case != "default":
+        default = _tasks("arithmetic")
+        assert all(splits[k] != default[k] for k in splits)
+
+
+def test_arithmetic_task_options_are_normalised_in_the_config() -> None:
+    d = {"name": "arithmetic", "task_options": OmegaConf.create({"digits": [1, 3], "ops": "-+"})}
+    cfg = DataConfig.from_dict(OmegaConf.create(d))
+    assert cfg.task_options == {"digits": [1, 3], "ops": "+-"}
+    assert type(cfg.task_options["digits"]) is list  # plain values, as MLflow params and JSON want
+    assert DataConfig.from_dict({"name": "arithmetic"}).task_options == {}
+    assert hash(cfg) == hash(DataConfig.from_dict({"name": "arithmetic"}))  # still hashable
+
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+TASK_CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml") if p.stem not in ("file", "hf"))
+
+
+@pytest.mark.parametrize("option", TASK_CONFIGS)
+def test_shipped_task_configs_compose_and_draw(option: str) -> None:
+    # As the CLI composes them, with one task option overridden where the task has options.
+    d = _composed_data(f"data={option}")
+    cfg = DataConfig.from_dict(d)
+    assert cfg.is_builtin and cfg.task_options == d.get("task_options", {})
+    for key, spec in OPTIONS.get(cfg.name, {}).items():
+        assert key in d["task_options"], f"conf/data/{option}.yaml should spell out {key}"
+        assert spec.parse(d["task_options"][key]) == d["task_options"][key]  # written normalised
+    sizes = {f"n_{k}": v for k, v in SPLIT_SIZES.items()}
+    assert {k: len(v) for k, v in load_splits(DataConfig.from_dict(d | sizes)).items()} == SPLIT_SIZES
+    if cfg.name == "arithmetic":
+        low = d["task_options"]["digits"][0]
+        over = _composed_data(f"data={option}", f"data.task_options.digits=[{low},{low + 1}]")
+        assert DataConfig.from_dict(over).task_options["digits"] == [low, low + 1]
+
+
+def _composed_data(*overrides: str) -> dict[str, Any]:
+    args = normalize_overrides(["peft=lora", *overrides])  # the CLI's checks pass data.task_options.*
+    assert args[1:] == list(overrides)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=args), resolve=True)
+    assert isinstance(cfg, dict)
+    return cfg["data"]
+
+
+def test_small_task_space_runs_out_with_a_config_error() -> None:
+    # 1-digit addition has 81 distinct prompts: the test split takes 60, validation cannot get 40.
+    with pytest.raises(ConfigError) as err:
+        _tasks("arithmetic", task_options={"digits": [1, 1], "ops": "+"})
+    _assert_config_error(err.value, "data.n_validation", SPLIT_SIZES["validation"])
+    assert "ran out" in str(err.value) and "digits" in str(err.value)
 
 
 def test_dates_use_several_surface_forms() -> None:
@@ -419,6 +566,35 @@ CONFIG_CASES = {
     "file without path": ({"name": "file"}, "data.path", None),
     "hf without name": ({"name": "hf"}, "data.hf_name", None),
     "empty field name": ({"name": "file", "path": "x", "prompt_field": ""}, "data.prompt_field", ""),
+    "task options not a mapping": (
+        {"name": "arithmetic", "task_options": [2, 3]},
+        "data.task_options",
+        [2, 3],
+    ),
+    **{
+        f"task option {case}": (
+            {"name": name, "task_options": {key: value}},
+            f"data.task_options.{key}",
+            value,
+        )
+        for case, (name, key, value) in {
+            "unknown": ("arithmetic", "carry", True),
+            "for a task without options": ("dates", "digits", [1, 2]),
+            "for a file": ("file", "digits", [1, 2]),
+            "digits reversed": ("arithmetic", "digits", [3, 2]),
+            "digits zero": ("arithmetic", "digits", [0, 2]),
+            "digits too many": ("arithmetic", "digits", [2, 10]),
+            "digits one number": ("arithmetic", "digits", 3),
+            "digits three numbers": ("arithmetic", "digits", [1, 2, 3]),
+            "digits string": ("arithmetic", "digits", "2-3"),
+            "digits float": ("arithmetic", "digits", [1.0, 2]),
+            "digits bool": ("arithmetic", "digits", [True, 2]),
+            "ops empty": ("arithmetic", "ops", ""),
+            "ops times": ("arithmetic", "ops", "*"),
+            "ops repeated": ("arithmetic", "ops", "++"),
+            "ops list": ("arithmetic", "ops", ["+"]),
+        }.items()
+    },
 }
 
 

@@ -47,4 +47,4 @@ def load_splits(cfg: DataConfig) -> dict[str, list[Example]]:
     if cfg.name == "hf":
         return load_hf_splits(cfg)
     assert cfg.n_train and cfg.n_validation and cfg.n_test  # from_dict requires counts for tasks
-    return generate_splits(cfg.name, cfg.n_train, cfg.n_validation, cfg.n_test, cfg.seed)
+    return generate_splits(cfg.name, cfg.n_train, cfg.n_validation, cfg.n_test, cfg.seed, cfg.task_options)

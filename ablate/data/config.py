@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from ablate.errors import ConfigError, require
@@ -51,6 +51,9 @@ class DataConfig:
     n_test: int | None = 200
     seed: int = 0
     max_length: int = 128
+    #: keyword options of a built-in task, e.g. ``{"digits": [1, 2]}`` for arithmetic (``tasks.OPTIONS``);
+    #: left out of the hash so the config stays hashable (equality still compares it)
+    task_options: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def is_builtin(self) -> bool:
@@ -62,7 +65,7 @@ class DataConfig:
         known = {f.name for f in fields(cls)}
         for key in d:
             require(key in known, f"data.{key}", d[key], f"unknown key; known: {sorted(known)}")
-        v = {**{f.name: f.default for f in fields(cls)}, **dict(d)}
+        v = {**{f.name: _default(f) for f in fields(cls)}, **dict(d)}
 
         name = v["name"]
         require(name in SOURCES, "data.name", name, f"must be one of {list(SOURCES)}")
@@ -88,6 +91,10 @@ class DataConfig:
         require(_is_int(ml) and ml > 0, "data.max_length", ml, "must be an integer > 0")
         raw_fractions = v["split_fractions"]
         v["split_fractions"] = _fractions(raw_fractions)
+        # Imported here: tasks.py imports Example from this module.
+        from ablate.data.tasks import parse_options
+
+        v["task_options"] = parse_options(name, v["task_options"])
 
         # Settings that only one source reads are a mistake elsewhere (e.g. a
         # data.path override while data=dates is still selected).
@@ -106,6 +113,10 @@ class DataConfig:
                 reason = f"{split} fraction must be > 0 when data.{split}_path is not given"
                 require(v["split_fractions"][i] > 0, "data.split_fractions", list(raw_fractions), reason)
         return cls(**v)
+
+
+def _default(f: Field[Any]) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
 
 
 def _is_int(x: Any) -> bool:

@@ -4,9 +4,15 @@ A task is one function ``rng -> Example`` plus one line in ``TASKS``. The
 prompts are short on purpose: the default model is SmolLM2-135M on a laptop
 CPU, so each example stays under ~40 tokens before the chat template.
 
+A task may take keyword options (``data.task_options``, e.g. the operand
+digits of ``arithmetic``), declared once in ``OPTIONS`` with a default and a
+check; ``parse_options`` is what ``DataConfig.from_dict`` validates them with.
+
 Splits are drawn from independent seeded streams, test first, and a prompt
 already used by an earlier split is redrawn, so the splits are disjoint and
-the test set does not move when ``n_train`` changes.
+the test set does not move when ``n_train`` changes. Options that differ from
+their defaults are part of each stream's seed, so with default options a task
+draws exactly the examples it drew before options existed.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from __future__ import annotations
 import calendar
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from ablate.data.config import Example
-from ablate.errors import ConfigError
+from ablate.errors import ConfigError, require
 
-Task = Callable[[random.Random], Example]
+Task = Callable[..., Example]  # (rng, **options) -> Example
 
 MONTHS = list(calendar.month_name)[1:]
 # fmt: off
@@ -61,15 +69,20 @@ def dates(rng: random.Random) -> Example:
     return Example(f"Convert to YYYY-MM-DD: {form(y, m, d)}", f"{y:04d}-{m:02d}-{d:02d}")
 
 
-def _number(rng: random.Random) -> int:
-    digits = rng.randint(2, 4)
-    return rng.randint(10 ** (digits - 1), 10**digits - 1)
+def _number(rng: random.Random, low: int, high: int) -> int:
+    n = rng.randint(low, high)  # digits
+    return rng.randint(10 ** (n - 1), 10**n - 1)
 
 
-def arithmetic(rng: random.Random) -> Example:
-    """Add or subtract two 2-4 digit numbers (subtraction never goes negative)."""
-    a, b = _number(rng), _number(rng)
-    if rng.random() < 0.5:
+def arithmetic(rng: random.Random, *, digits: Sequence[int] = (2, 4), ops: str = "+-") -> Example:
+    """Add or subtract two numbers of ``digits`` (low, high) digits; subtraction never goes negative.
+
+    Each operand's digit count is drawn uniformly from the range, then the number
+    uniformly among those with that many digits; ``ops`` is ``"+-"``, ``"+"`` or ``"-"``.
+    """
+    a, b = _number(rng, digits[0], digits[1]), _number(rng, digits[0], digits[1])
+    op = ops if len(ops) == 1 else ("+" if rng.random() < 0.5 else "-")
+    if op == "+":
         return Example(f"What is {a} + {b}?", str(a + b))
     a, b = max(a, b), min(a, b)
     return Example(f"What is {a} - {b}?", str(a - b))
@@ -100,28 +113,106 @@ TASKS: dict[str, Task] = {
 }
 
 
+@dataclass(frozen=True)
+class Option:
+    """One keyword option of a task: its default and a check that returns the normalised value.
+
+    ``parse`` raises ``ValueError(reason)`` on a bad value; the reason ends up in the
+    one-line ``ConfigError`` keyed ``data.task_options.<name>``.
+    """
+
+    default: Any
+    parse: Callable[[Any], Any]
+
+
+MAX_DIGITS = 9
+
+
+def _digits(x: Any) -> list[int]:
+    ok = isinstance(x, Sequence) and not isinstance(x, str) and len(x) == 2
+    ok = ok and all(isinstance(n, int) and not isinstance(n, bool) for n in x)
+    if not ok or not 1 <= x[0] <= x[1] <= MAX_DIGITS:
+        raise ValueError(
+            f"must be [low, high] operand digits, integers with 1 <= low <= high <= {MAX_DIGITS}"
+        )
+    return [int(x[0]), int(x[1])]
+
+
+def _ops(x: Any) -> str:
+    if not isinstance(x, str) or not x or set(x) - set("+-") or len(set(x)) != len(x):
+        raise ValueError('must be "+", "-" or "+-" (the operations to draw from)')
+    return "".join(op for op in "+-" if op in x)  # "-+" and "+-" are the same task
+
+
+#: name -> option -> spec, for the tasks that take options; the defaults are the generator's.
+OPTIONS: dict[str, dict[str, Option]] = {
+    "arithmetic": {"digits": Option([2, 4], _digits), "ops": Option("+-", _ops)},
+}
+
+
+def parse_options(name: str, given: Any) -> dict[str, Any]:
+    """Validate and normalise the ``data.task_options`` of task ``name`` (only the given keys).
+
+    Raises ``ConfigError`` keyed ``data.task_options.<option>`` for an unknown
+    option or a bad value, or ``data.task_options`` if it is not a mapping.
+    """
+    if given is None:
+        return {}
+    require(isinstance(given, Mapping), "data.task_options", given, "must be a mapping of option: value")
+    specs = OPTIONS.get(name, {})
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        known = f"known: {sorted(specs)}" if specs else "it takes none"
+        if name not in TASKS:
+            known = "only built-in tasks take options"
+        require(key in specs, f"data.task_options.{key}", value, f"unknown option for data={name}; {known}")
+        try:
+            out[str(key)] = specs[key].parse(value)
+        except ValueError as e:
+            raise ConfigError(f"data.task_options.{key}", value, str(e)) from e
+    return out
+
+
+def _stream_seed(name: str, seed: int, split: str, options: Mapping[str, Any]) -> str:
+    """The seed string of one split's stream; only options away from their default enter it."""
+    specs = OPTIONS.get(name, {})
+    changed = {k: v for k, v in options.items() if v != specs[k].default}
+    base = f"{name}:{seed}:{split}"
+    return base if not changed else base + ":" + json.dumps(changed, sort_keys=True, separators=(",", ":"))
+
+
 def generate_splits(
-    name: str, n_train: int, n_validation: int, n_test: int, seed: int
+    name: str,
+    n_train: int,
+    n_validation: int,
+    n_test: int,
+    seed: int,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, list[Example]]:
     """Draw disjoint train/validation/test splits of a built-in task.
 
-    Each split has its own stream seeded by (task, seed, split), so a split's
-    content depends only on those and on the splits drawn before it.
+    Each split has its own stream seeded by (task, seed, split, non-default
+    options), so a split's content depends only on those and on the splits
+    drawn before it. ``options`` are the task's keyword options, already valid
+    (``DataConfig.from_dict`` checks them); they are checked again here.
     """
     task = TASKS[name]
+    options = parse_options(name, options)
+    kwargs = {k: spec.default for k, spec in OPTIONS.get(name, {}).items()} | options
     seen: set[str] = set()
     out: dict[str, list[Example]] = {}
     for split, n in (("test", n_test), ("validation", n_validation), ("train", n_train)):
-        rng = random.Random(f"{name}:{seed}:{split}")
+        rng = random.Random(_stream_seed(name, seed, split, options))
         examples: list[Example] = []
         for _ in range(50 * n + 1000):  # bound: a small task space must fail, not hang
             if len(examples) == n:
                 break
-            ex = task(rng)
+            ex = task(rng, **kwargs)
             if ex.prompt not in seen:
                 seen.add(ex.prompt)
                 examples.append(ex)
         if len(examples) < n:
-            raise ConfigError(f"data.n_{split}", n, f"task {name} ran out of distinct prompts")
+            hint = f" with task_options {options}" if options else ""
+            raise ConfigError(f"data.n_{split}", n, f"task {name}{hint} ran out of distinct prompts")
         out[split] = examples
     return {split: out[split] for split in ("train", "validation", "test")}

@@ -71,7 +71,8 @@ def test_search_space_is_conditional_on_the_arm_and_overridable():
     cfg = composed("study=lora_vs_adapter", "search.lora.r.high=128", "search.adapter.width.low=2")
     lora = {d.name: d for d in parse_space(cfg["search"], ("lora",))}
     both = {d.name: d for d in parse_space(cfg["search"], ("lora", "adapter"))}
-    assert set(lora) == {"lora.r", "lora.alpha", "lora.lr", "lora.dropout"}
+    assert set(lora) == {"lora.r", "lora.alpha", "lora.lr", "lora.dropout", "lora.targets"}
+    assert lora["lora.targets"].choices == ("attention", "all-linear")
     assert set(both) == set(lora) | {"adapter.width", "adapter.lr", "adapter.dropout"}
     assert (lora["lora.r"].kind, lora["lora.r"].low, lora["lora.r"].high, lora["lora.r"].log) == (
         "int",
@@ -86,7 +87,7 @@ def test_search_space_is_conditional_on_the_arm_and_overridable():
         trial = study.ask()
         for d in both.values():
             value = d.suggest(trial)
-            assert d.low <= value <= d.high
+            assert value in d.choices if d.kind == "categorical" else d.low <= value <= d.high
         assert set(trial.params) == set(both)
         study.tell(trial, 0.0)
 
@@ -96,24 +97,71 @@ def test_smoke_study_equal_budgets_matched_arm_and_resume(workdir, capsys):
     assert code == 0, err
     url = "sqlite:///studies/lora_vs_adapter.db"
     studies = storage_studies(url)
-    # equal budgets: every searched arm spent exactly n_trials=3 trials
-    for arm in ("lora", "lora+adapter"):
-        assert len(studies[f"lora_vs_adapter/{arm}"].trials) == 3
-        # parameters exist only for the arm's components
-        for t in studies[f"lora_vs_adapter/{arm}"].trials:
-            assert {p.split(".")[0] for p in t.params} == set(arm.split("+"))
-    # replication: K=2 seeds per arm, test split, recorded on the arm study
-    for arm in ("lora", "lora+adapter", MATCHED):
+    arms = ("lora", "adapter", "lora+adapter", MATCHED)  # factorial: adapter alone; matched-lora searched
+    # equal budgets: every arm, the matched one included, spent exactly n_trials=3 trials
+    for arm in arms:
+        study = studies[f"lora_vs_adapter/{arm}"]
+        assert len(study.trials) == 3 and study.user_attrs["n_trials"] == 3
+        assert study.user_attrs["startup_trials"] == 1  # round(0.3 * 3)
+        # parameters exist only for the arm's components (matched-lora's rank is derived, not searched)
+        for t in study.trials:
+            assert {p.split(".")[0] for p in t.params} == {
+                "lora" if arm == MATCHED else c for c in arm.split("+")
+            }
+    roles = {a: studies[f"lora_vs_adapter/{a}"].user_attrs["role"] for a in arms}
+    assert roles == {
+        "lora": "baseline",
+        "adapter": "single",
+        "lora+adapter": "combination",
+        MATCHED: "matched",
+    }
+    # the LoRA+X search starts from the baseline's best LoRA values, then searches jointly
+    base_best = studies["lora_vs_adapter/lora"].user_attrs["best_config"]["lora"]
+    first = studies["lora_vs_adapter/lora+adapter"].trials[0]
+    assert first.user_attrs["enqueued_from"] == "lora"
+    assert {k.split(".")[1]: v for k, v in first.params.items() if k.startswith("lora.")} == base_best
+    # replication: K=2 seeds per arm, test split, recorded on the arm study, per-item outcomes kept
+    for arm in arms:
         reps = studies[f"lora_vs_adapter/{arm}"].user_attrs["replicates"]
         assert sorted(reps) == ["1", "2"]
         assert all(0.0 <= r["test_em"] <= 1.0 for r in reps.values())
-    # the parameter-matched arm is within 10% of the best combination it matches
+        for t in studies[f"lora_vs_adapter/{arm}/replicate"].trials:
+            items = t.user_attrs["items"]
+            assert items["index"] == list(range(16)) and len(items["correct"]) == len(items["loss"]) == 16
+            assert sum(items["correct"]) / 16 == pytest.approx(t.user_attrs["metrics"]["test_em"])
+            # zero-shot (the interaction's last term) on the baseline's replicates, per item too
+            assert (
+                ("zero_shot_correct" in items)
+                == ("zero_shot/test_em" in t.user_attrs["metrics"])
+                == (arm == "lora")
+            )
+            if arm == "lora":
+                zero = t.user_attrs["metrics"]["zero_shot/test_em"]
+                assert sum(items["zero_shot_correct"]) / 16 == pytest.approx(zero)
+                assert len(items["zero_shot_loss"]) == 16
+    # base weights are recorded apart from the training peak, the same for every trial on that base
+    sizes = {
+        t.user_attrs["metrics"]["base_bytes"]
+        for name, st in studies.items()
+        for t in st.trials
+        if t.state == TrialState.COMPLETE
+    }
+    assert len(sizes) == 1 and sizes.pop() > 0
+    # matched-lora: every trial's rank gives within 10% of the best combination's params
     matched = studies[f"lora_vs_adapter/{MATCHED}"]
+    target = matched.user_attrs["matched_target_params"]
     combo = studies["lora_vs_adapter/" + matched.user_attrs["matched_to"]]
+    assert target == combo.trials[combo.user_attrs["best_trial"]].user_attrs["metrics"]["trainable_params"]
+    assert target == next(iter(combo.user_attrs["replicates"].values()))["trainable_params"]
+    for t in matched.trials:
+        real = t.user_attrs["metrics"]["trainable_params"]
+        assert abs(real / target - 1) <= 0.10, (real, target)
+        assert t.params["lora.targets"] in matched.user_attrs["matched_targets"]
+        assert t.user_attrs["derived"]["lora"]["r"] >= 1
     real = next(iter(matched.user_attrs["replicates"].values()))["trainable_params"]
-    target = next(iter(combo.user_attrs["replicates"].values()))["trainable_params"]
-    assert abs(real / target - 1) <= 0.10, (real, target)
     assert real == matched.user_attrs["matched_params"]
+    best = matched.trials[matched.user_attrs["best_trial"]]
+    assert matched.user_attrs["best_config"]["lora"]["r"] == best.user_attrs["derived"]["lora"]["r"]
 
     from mlflow import MlflowClient
 
@@ -125,7 +173,7 @@ def test_smoke_study_equal_budgets_matched_arm_and_resume(workdir, capsys):
         return runs, Counter((r.data.tags.get("ablate.level"), r.data.tags.get("phase")) for r in runs)
 
     runs, count = levels()
-    assert count == {("study", None): 1, ("arm", None): 3, ("trial", "search"): 6, ("trial", "replicate"): 6}
+    assert count == {("study", None): 1, ("arm", None): 4, ("trial", "search"): 12, ("trial", "replicate"): 8}
     by_id = {r.info.run_id: r for r in runs}
     for r in runs:  # study > arm > trial
         parent = r.data.tags.get("mlflow.parentRunId")
@@ -153,6 +201,7 @@ def test_pruning_cuts_the_steps_spent(workdir, capsys):
         "study.seeds=1",
         "study.sampler=random",
         "study.matched=false",
+        "study.factorial=false",
     ]
     common += ["train.steps=12", "train.eval_every=2", "search.lora.lr.low=1e-6", "search.lora.lr.high=1e-1"]
     spent = {}
@@ -214,6 +263,14 @@ BAD = [
     (["study=lora_vs_prefix", "search.prefix.length.high=200"], "search.prefix.length.high", "200"),
     (["study=lora_vs_adapter", "data=file", "data.path=/no/such.jsonl"], "data.path", "/no/such.jsonl"),
     (["study=lora_vs_adapter", "study.seeds=-1"], "study.seeds", "-1"),
+    (["study=lora_vs_adapter", "study.startup_fraction=0"], "study.startup_fraction", "0"),
+    (["study=lora_vs_adapter", "study.factorial=maybe"], "study.factorial", "maybe"),
+    (["study=lora_vs_adapter", "study.capacity_levels=[1,0]"], "study.capacity_levels", "0"),
+    (
+        ["study=lora_vs_prefix", "study.capacity_levels=[1,16]"],
+        "study.capacity_levels",
+        "x16 gives peft.prefix",
+    ),
     (["study=lora_vs_adapter", "study.storage=notaurl"], "study.storage", "notaurl"),
     (["study=lora_vs_adapter", "study.storage=sqlite:////no/such/dir/x.db"], "study.storage", "/no/such/dir"),
     (
@@ -252,11 +309,24 @@ def postgres_url():
     admin.close()
 
 
-def test_two_workers_share_one_postgres_study(workdir, postgres_url):
-    """Two worker processes on one PostgreSQL storage split the budget: no trial twice, none missing."""
+def test_two_workers_share_one_postgres_study(workdir, postgres_url, capsys):
+    """Two worker processes on one PostgreSQL storage split the budget: no trial twice, none missing;
+    with a resumed third process, no configuration is ever drawn twice."""
     url = postgres_url
-    args = [sys.executable, "-m", "ablate.cli", "worker", "study=lora_vs_adapter", *SMOKE, "tracking=none"]
-    args += [f"study.storage={url}", "study.n_trials=4", "train.steps=40", "train.eval_every=20"]
+    common = [
+        "study=lora_vs_adapter",
+        *SMOKE,
+        "tracking=none",
+        f"study.storage={url}",
+        "study.factorial=false",
+    ]
+    common += [
+        "train.steps=40",
+        "train.eval_every=20",
+        "search.lora.r.high=16",
+        "search.adapter.width.high=16",
+    ]
+    args = [sys.executable, "-m", "ablate.cli", "worker", *common, "study.n_trials=4"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [
         subprocess.Popen(
@@ -264,7 +334,7 @@ def test_two_workers_share_one_postgres_study(workdir, postgres_url):
         )
         for _ in range(2)
     ]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     studies = storage_studies(url)
     for arm in ("lora", "lora+adapter"):
@@ -281,6 +351,15 @@ def test_two_workers_share_one_postgres_study(workdir, postgres_url):
     assert len(workers - {None}) == 2  # both processes really took trials from the shared storage
     for arm in ("lora", "lora+adapter", "matched-lora"):  # summaries written after every seed ended
         assert sorted(studies[f"lora_vs_adapter/{arm}"].user_attrs["replicates"]) == ["1", "2"]
+    # resume in a third process with a larger budget: 2 more trials per arm, none repeating a draw
+    code, _, err = run_cli(["worker", *common, "study.n_trials=6"], capsys)
+    assert code == 0, err
+    for arm in ("lora", "lora+adapter", "matched-lora"):
+        trials = storage_studies(url)[f"lora_vs_adapter/{arm}"].trials
+        configs = [tuple(sorted(t.params.items())) for t in trials]
+        assert len(configs) == 6 and len(set(configs)) == 6, configs
+        resumed = {t.user_attrs["worker"] for t in trials[4:]}
+        assert len(resumed) == 1 and not resumed & {t.user_attrs["worker"] for t in trials[:4]}
 
 
 @pytest.mark.parametrize(
@@ -332,7 +411,19 @@ def test_study_writes_a_report_matching_its_recorded_runs(workdir, capsys):
         assert summary.loc[arm, "em_mean"] == pytest.approx(em)
         assert summary.loc[arm, "trainable_params"] == mine[0].data.metrics["trainable_params"]
     trials = pd.read_csv(report / "trials.csv")
-    assert len(trials) == 6 and set(trials["arm"]) == {"lora", "lora+adapter"}
+    assert len(trials) == 12 and set(trials["arm"]) == {"lora", "adapter", "lora+adapter", MATCHED}
+    # LoRA alone vs inside lora+adapter, per seed replicated in both; means on the arm's MLflow run
+    studies = storage_studies("sqlite:///studies/lora_vs_adapter.db")
+    inter = studies["lora_vs_adapter/lora+adapter"].user_attrs["interference"]
+    assert sorted(inter) == ["1", "2"]
+    assert all("interference" not in studies[f"lora_vs_adapter/{a}"].user_attrs for a in ("lora", "adapter"))
+    cos = [r["cos"] for r in inter.values() if r]
+    assert all(-1.0 <= c <= 1.0 for c in cos)
+    query = "tags.`ablate.level` = 'arm' and tags.arm = 'lora+adapter'"
+    arm_run = client.search_runs([exp.experiment_id], query)[0]
+    assert arm_run.data.metrics.get("interference/cos") == (
+        pytest.approx(sum(cos) / len(cos)) if cos else None
+    )
     study_run = client.search_runs([exp.experiment_id], "tags.`ablate.level` = 'study'")[0]
     logged = {a.path for a in client.list_artifacts(study_run.info.run_id, "report")}
     assert "report/report.html" in logged and "report/trials.csv" in logged

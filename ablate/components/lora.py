@@ -8,7 +8,9 @@ when the base is 4-bit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -113,3 +115,14 @@ def apply(model: nn.Module, cfg: LoraConfig) -> Attached:
         set_enabled=set_enabled,
         detach=detach,
     )
+
+
+def rank_for_params(dims: Dims, fields: Mapping[str, Any], target: int) -> tuple[int, int]:
+    """The rank whose closed-form count is nearest ``target`` for these LoRA fields (targets,
+    DoRA...): ``(rank, params at that rank)``. Counts are affine in r (DoRA's magnitudes do not
+    grow with it), so two ranks give the line and the nearest integer rank is read off it."""
+    count = {r: expected_params(dims, LoraConfig.from_dict({**fields, "r": r})) for r in (1, 2)}
+    per_rank = count[2] - count[1]
+    fixed = count[1] - per_rank
+    rank = max(1, round((target - fixed) / per_rank))
+    return rank, rank * per_rank + fixed

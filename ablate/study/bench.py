@@ -1,0 +1,146 @@
+"""Trial configurations of an arm, and the one base they run on in this worker.
+
+One base is loaded at a time: switching an arm's quantisation frees the other
+base first, so an arm's peak memory never includes another arm's base. The
+base's own weight bytes (parameters + buffers) are recorded apart from the
+training peak as ``base_bytes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+from collections.abc import Mapping
+from typing import Any
+
+from ablate import components
+from ablate.config import TrialConfig
+from ablate.errors import ConfigError
+from ablate.search import Dist
+from ablate.study.config import Arm, StudyConfig
+from ablate.study.matching import scaled
+
+
+class Bench:
+    def __init__(self, plain: Mapping[str, Any], spec: StudyConfig) -> None:
+        self.plain = copy.deepcopy(dict(plain))
+        self.spec = spec
+        self.loaded: tuple[str, Any] | None = None  # (quant method, Base)
+        self.base_bytes = 0
+        self.splits: Any = None  # tokenized once; every arm uses the same data
+        self._zero_shot: tuple[str, dict[str, Any]] | None = None
+
+    def defaults(self, arm: Arm) -> dict[str, dict[str, Any]]:
+        """The arm's component fields as composed (before any searched value)."""
+        peft = self.plain.get("peft") or {}
+        return {c: dict(peft.get(c) or {}) for c in arm.components}
+
+    def config(
+        self, arm: Arm, values: Mapping[str, Mapping[str, Any]], *, seed: int | None = None
+    ) -> TrialConfig:
+        plain = copy.deepcopy(self.plain)
+        plain["peft"] = {c: {**f, **(values.get(c) or {})} for c, f in self.defaults(arm).items()}
+        quant = dict(plain.get("quant") or {})
+        if quant.get("method") != arm.quant:  # arm@quant: that method's usual settings (QLoRA: double quant)
+            quant["double_quant"] = arm.quant in ("nf4", "fp4")
+        plain["quant"] = {**quant, "method": arm.quant}
+        plain["train"] = dict(plain["train"])
+        if self.spec.train_steps:
+            plain["train"]["steps"] = self.spec.train_steps
+            plain["train"]["eval_every"] = min(plain["train"]["eval_every"], self.spec.train_steps)
+        if seed is not None:
+            plain["train"]["seed"] = seed
+        return TrialConfig.from_dict(plain)
+
+    def base(self, trial: TrialConfig) -> Any:
+        """This trial's base, loading it (and freeing any other) when its quantisation differs."""
+        from ablate.models import load_base
+
+        method = trial.quant.method
+        if self.loaded is None or self.loaded[0] != method:
+            self.release()
+            base = load_base(trial.model, trial.quant)
+            tensors = [*base.model.parameters(), *base.model.buffers()]
+            self.base_bytes = sum(t.numel() * t.element_size() for t in tensors)
+            self.loaded = (method, base)
+            _trim_heap()  # what loading (and quantising) left behind is not the trials' memory
+        return self.loaded[1]
+
+    def release(self) -> None:
+        if self.loaded is None:
+            return
+        self.loaded = None
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _trim_heap()
+
+    def encoded(self, trial: TrialConfig) -> Any:
+        from ablate.run import prepare_data
+
+        if self.splits is None:
+            self.splits = prepare_data(trial.data, self.base(trial).tokenizer)
+        return self.splits
+
+    def zero_shot(self, trial: TrialConfig) -> dict[str, Any]:
+        """The bare base (no component attached) on the test split, per item (the same for every
+        seed): the zero-shot term of the report's interaction (LoRA+X) - LoRA - X + zero-shot."""
+        from ablate.data import make_batches
+        from ablate.metrics import evaluate
+        from ablate.train import autocast_for
+
+        base = self.base(trial)
+        if self._zero_shot is None or self._zero_shot[0] != trial.quant.method:
+            pad, ebs = base.tokenizer.pad_token_id, trial.train.eval_batch_size
+            batches = make_batches(self.encoded(trial)["test"], ebs, shuffle=False, seed=0, pad_id=pad)
+            autocast = autocast_for(base.device, trial.train.precision)
+            out = evaluate(base.model, batches, base.device, autocast, per_item=True)
+            self._zero_shot = (trial.quant.method, out)
+        return self._zero_shot[1]
+
+    def check_extremes(self, arms: list[Arm], spaces: Mapping[str, list[Dist]]) -> None:
+        """Attach every arm at the high end of its ranges once (and, with capacity levels, at that
+        end scaled by the largest level): a bad range fails now, not mid-study. Arms are visited
+        grouped by quantisation, so each base is loaded once here."""
+        levels = self.spec.capacity_levels or [1]
+        for arm in sorted(arms, key=lambda a: a.quant != (self.loaded or ("none",))[0]):
+            high: dict[str, dict[str, Any]] = {}
+            for d in spaces[arm.name]:
+                if d.kind != "categorical":
+                    high.setdefault(d.component, {})[d.field] = int(d.high) if d.kind == "int" else d.high
+            self._attach(arm, high)
+            if max(levels) > 1:
+                self._attach(arm, scaled(high, self.defaults(arm), max(levels)), capacity=True)
+
+    def _attach(self, arm: Arm, values: dict[str, dict[str, Any]], capacity: bool = False) -> None:
+        trial = self.config(arm, values)
+        base = self.base(trial)
+        try:
+            components.attach(base.model, trial.peft, trial.data.max_length).detach()
+        except ConfigError as err:  # name the setting that reaches the bad value
+            comp, _, fname = err.key.removeprefix("peft.").partition(".")
+            if capacity:
+                levels = self.spec.capacity_levels or [1]
+                why = f"x{max(levels)} gives {err.key}={err.value}: {err.reason}"
+                raise ConfigError("study.capacity_levels", levels, why) from None
+            if fname in values.get(comp, {}):
+                raise ConfigError(f"search.{comp}.{fname}.high", err.value, err.reason) from None
+            raise
+
+    def model_config(self, arm: Arm) -> Any:
+        """The transformers config of the base (closed-form parameter counts read it)."""
+        return self.base(self.config(arm, {})).model.config
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise), so that a CPU trial's
+    peak RSS does not carry the previous base."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc: nothing to trim
+        ctypes.CDLL(name).malloc_trim(0)

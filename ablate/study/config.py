@@ -1,0 +1,189 @@
+"""What a study is: its validated settings (``StudyConfig``) and its arms (``parse_arms``).
+
+No Optuna here: these are plain values checked before anything is written.
+Roles tell the report how each arm enters the comparison:
+``baseline`` (tuned LoRA), ``combination`` (LoRA+X), ``single`` (one method alone,
+e.g. X of a factorial design or LoRA on another base) and ``matched`` (LoRA with
+the best combination's parameter count, searched like the others).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ablate import components
+from ablate.components.quant import METHODS
+from ablate.errors import ConfigError, require
+
+SAMPLERS = ("tpe", "random", "grid", "mo")
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = {"val_loss": "minimize", "val_em": "maximize"}
+MATCHED = "matched-lora"
+MATCH_TOLERANCE = 0.10  # the matched arm's trainable params are within 10% of its target
+_ARM = re.compile(r"^(?P<components>[a-z+]+)(@(?P<quant>\w+))?$")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    components: tuple[str, ...]
+    quant: str
+    role: str = "single"  # baseline | combination | single | matched
+
+    @property
+    def matched(self) -> bool:
+        return self.role == "matched"
+
+    @property
+    def searched(self) -> bool:  # every arm is searched; kept for callers that ask
+        return True
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    arms: list[str]
+    baseline: str = "lora"
+    matched: bool = True  # add a LoRA-only arm, searched, at the rank matching the best combination's params
+    factorial: bool = True  # add X alone for every LoRA+X arm: the LoRA x X interaction needs it
+    quant: str | None = None  # arms without @quant use this (else the quant group)
+    n_trials: int = 12  # per arm: every arm gets the same budget
+    startup_fraction: float = 0.3  # the sampler's random start-up: this share of n_trials (at least 1)
+    seeds: int = 3  # replicate seeds of each arm's best configuration
+    capacity_levels: list[int] | None = None  # e.g. [1, 4, 16]: replicate each best config at k x capacity
+    train_steps: int | None = None  # steps per study trial (None: train.steps)
+    sampler: str = "tpe"
+    pruner: str = "median"
+    objective: str = "val_loss"  # search objective on the validation split (mo: val_em and params)
+    storage: str | None = None  # Optuna storage URL; default sqlite:///studies/NAME.db
+    sampler_seed: int = 0
+    report: bool = True  # write reports/NAME/ when the study ends
+    sesoi: float = 0.02  # smallest test-EM difference of interest (2 points): the report's equivalence margin
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StudyConfig:
+        data = dict(data)
+        for key in data:
+            require(key in cls.__dataclass_fields__, f"study.{key}", data[key], "unknown field")
+        require(bool(data.get("name")), "study", data.get("name"), "select a study: ablate study=NAME")
+        cfg = cls(**data)
+        for key in ("n_trials", "seeds"):
+            _positive_int(f"study.{key}", getattr(cfg, key))
+        for key in ("matched", "factorial", "report"):
+            require(
+                isinstance(getattr(cfg, key), bool),
+                f"study.{key}",
+                getattr(cfg, key),
+                "must be true or false",
+            )
+        if cfg.train_steps is not None:
+            _positive_int("study.train_steps", cfg.train_steps, "or null")
+        require(
+            isinstance(cfg.sesoi, (int, float)) and not isinstance(cfg.sesoi, bool) and 0 < cfg.sesoi < 1,
+            "study.sesoi",
+            cfg.sesoi,
+            "must be a number in (0, 1): a difference in test EM as a fraction (0.02 = 2 points)",
+        )
+        frac = cfg.startup_fraction
+        require(
+            isinstance(frac, (int, float)) and not isinstance(frac, bool) and 0 < frac <= 1,
+            "study.startup_fraction",
+            frac,
+            "must be a number in (0, 1]",
+        )
+        if cfg.capacity_levels is not None:
+            levels = cfg.capacity_levels
+            require(
+                isinstance(levels, list) and len(levels) > 0,
+                "study.capacity_levels",
+                levels,
+                "a list or null",
+            )
+            for k in levels:
+                _positive_int("study.capacity_levels", k)
+            require(
+                len(set(levels)) == len(levels), "study.capacity_levels", levels, "a level is listed twice"
+            )
+        require(
+            cfg.sampler in SAMPLERS, "study.sampler", cfg.sampler, f"must be one of {', '.join(SAMPLERS)}"
+        )
+        require(cfg.pruner in PRUNERS, "study.pruner", cfg.pruner, f"must be one of {', '.join(PRUNERS)}")
+        require(
+            cfg.objective in OBJECTIVES,
+            "study.objective",
+            cfg.objective,
+            f"must be one of {', '.join(OBJECTIVES)}",
+        )
+        require(
+            isinstance(cfg.arms, list) and len(cfg.arms) > 0,
+            "study.arms",
+            cfg.arms,
+            "must be a non-empty list",
+        )
+        return cfg
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///studies/{self.name}.db"
+
+    @property
+    def startup_trials(self) -> int:
+        """Random start-up trials of the sampler: a stated share of the budget, at least one."""
+        return max(1, round(self.startup_fraction * self.n_trials))
+
+
+def _positive_int(key: str, value: Any, extra: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(key, value, f"must be an integer > 0{' ' + extra if extra else ''}")
+
+
+def parse_arms(cfg: StudyConfig, default_quant: str) -> list[Arm]:
+    """The arms in search order: the baseline, the factorial's X-alone arms, the other listed arms,
+    then matched-lora, which needs the combinations' results."""
+    arms = [_parse(spec, cfg, default_quant) for spec in cfg.arms]
+    names = [a.name for a in arms]
+    require(len(set(names)) == len(names), "study.arms", cfg.arms, "an arm is listed twice")
+    require(cfg.baseline in names, "study.baseline", cfg.baseline, f"not among the arms ({', '.join(names)})")
+    base = next(a for a in arms if a.name == cfg.baseline)
+    require(base.components == ("lora",), "study.baseline", cfg.baseline, "the baseline must be LoRA-only")
+    # The baseline is searched first: every other arm with LoRA starts from its best LoRA values.
+    arms = [base] + [a for a in arms if a is not base]
+    names = [a.name for a in arms]
+    arms = [Arm(a.name, a.components, a.quant, _role(a, cfg.baseline)) for a in arms]
+    if cfg.factorial:
+        alone = []
+        for a in arms:
+            rest = tuple(c for c in a.components if c != "lora")
+            if a.role == "combination" and len(rest) == 1:
+                name = rest[0] + ("" if a.quant == base.quant else f"@{a.quant}")
+                if name not in names and name not in [x.name for x in alone]:
+                    alone.append(Arm(name, rest, a.quant, "single"))
+        at = names.index(cfg.baseline) + 1
+        arms = arms[:at] + alone + arms[at:]
+    if cfg.matched:
+        arms.append(Arm(MATCHED, ("lora",), base.quant, "matched"))
+    return arms
+
+
+def _parse(spec: Any, cfg: StudyConfig, default_quant: str) -> Arm:
+    m = _ARM.match(str(spec).replace(" ", ""))
+    if not m:
+        raise ConfigError("study.arms", spec, "spell arms as components joined with + and an optional @quant")
+    names = components.parse_arm(m["components"], key="study.arms")
+    quant = m["quant"] or cfg.quant or default_quant
+    require(quant in METHODS, "study.arms", spec, f"unknown quant (one of {', '.join(METHODS)})")
+    return Arm(str(spec), names, quant)
+
+
+def _role(arm: Arm, baseline: str) -> str:
+    if arm.name == baseline:
+        return "baseline"
+    return "combination" if "lora" in arm.components and len(arm.components) > 1 else "single"
+
+
+def combination_arms(arms: list[Arm]) -> list[Arm]:
+    return [a for a in arms if a.role == "combination"]

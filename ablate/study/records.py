@@ -1,0 +1,93 @@
+"""What a study writes to MLflow: the study run, one run per arm (trial runs hang below them,
+opened by ``run_trial``), summary metrics, and tags a resumed study finds its runs by."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ablate.study.config import Arm
+
+
+def find_run(tracker: Any, tags: Mapping[str, str]) -> str | None:
+    """Reuse the MLflow run that a previous invocation of this study created."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = tracker.find_runs(query)
+    return runs[0].info.run_id if runs else None
+
+
+def study_run(tracker: Any, name: str) -> Any:
+    tags = {"ablate.level": "study", "study": name}
+    return tracker.run(name, tags=tags, run_id=find_run(tracker, tags))
+
+
+def arm_run(tracker: Any, parent: Any, study: str, arm: Arm) -> Any:
+    tags = {
+        "ablate.level": "arm",
+        "study": study,
+        "arm": arm.name,
+        "role": arm.role,
+        "components": ",".join(arm.components),
+        "quant": arm.quant,
+    }
+    run_id = find_run(tracker, {"ablate.level": "arm", "study": study, "arm": arm.name})
+    return tracker.run(arm.name, tags=tags, parent=parent, run_id=run_id)
+
+
+def trial_tags(study: str, arm: Arm, phase: str, seed: int, number: int) -> dict[str, Any]:
+    return {
+        "ablate.level": "trial",
+        "study": study,
+        "arm": arm.name,
+        "phase": phase,
+        "seed": seed,
+        "trial_number": number,
+    }
+
+
+def summary(study: Any) -> dict[str, float]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    out = {
+        "trials_complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "trials_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
+    }
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete and len(study.directions) == 1:
+        out["best_value"] = study.best_value
+    reps = study.user_attrs.get("replicates") or {}
+    if reps:
+        ems = [r["test_em"] for r in reps.values()]
+        out["replicate_test_em_mean"] = sum(ems) / len(ems)
+    return out
+
+
+def jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def record_interference(
+    tracking_uri: str, arm_study: Any, baseline: Any, arec: Any
+) -> dict[str, dict[str, float] | None]:
+    """LoRA's similarity alone vs inside the combination, per seed replicated in both (MLflow only):
+    ``interference`` user attr on the arm's study, ``interference/*`` means on its MLflow run."""
+    try:
+        from ablate.interference import lora_similarity
+    except ImportError:
+        return {}
+    mine = arm_study.user_attrs.get("replicates") or {}
+    alone = baseline.user_attrs.get("replicates") or {}
+    result = {
+        seed: lora_similarity(tracking_uri, alone[seed]["mlflow_run_id"], mine[seed]["mlflow_run_id"])
+        for seed in sorted(set(mine) & set(alone))
+        if alone[seed].get("mlflow_run_id") and mine[seed].get("mlflow_run_id")
+    }
+    arm_study.set_user_attr("interference", result)
+    for key in ("cos", "norm_ratio"):
+        values = [r[key] for r in result.values() if r and r.get(key) is not None]
+        if values:
+            arec.log_metrics({f"interference/{key}": sum(values) / len(values)})
+    return result

@@ -1,0 +1,104 @@
+"""The Optuna objects of an arm: its study (sampler, pruner, the attrs the report reads), and the
+per-trial seed that keeps draws distinct.
+
+Every ask re-seeds the arm's sampler from ``(sampler_seed, study name, trials so far)``.
+Asks are serialised by the storage lock, so no two asks of one study (from any
+worker, or from a resumed process) see the same count: their random start-up
+draws differ, and the study stays reproducible for a given order of asks. TPE
+also runs with ``constant_liar``, Optuna's mechanism for parallel workers, so a
+running trial pushes the others' draws away from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ablate.search import Dist
+from ablate.study.config import OBJECTIVES, Arm, StudyConfig
+
+
+def trial_seed(base: int, study_name: str, n: int, worker: str = "") -> int:
+    key = f"{base}:{study_name}:{n}:{worker}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
+
+
+def make_sampler(spec: StudyConfig, dists: list[Dist], seed: int) -> Any:
+    import optuna
+
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler({d.name: d.grid() for d in dists}, seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, n_startup_trials=spec.startup_trials, constant_liar=True
+    )
+
+
+def make_pruner(spec: StudyConfig, steps: int, every: int) -> Any:
+    import optuna
+
+    if spec.pruner == "median" and spec.sampler != "mo":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=every)
+    if spec.pruner == "hyperband" and spec.sampler != "mo":
+        return optuna.pruners.HyperbandPruner(min_resource=every, max_resource=steps)
+    return optuna.pruners.NopPruner()
+
+
+def directions(spec: StudyConfig) -> list[str]:
+    if spec.sampler == "mo":
+        return ["maximize", "minimize"]  # task metric up, trainable params down
+    return [OBJECTIVES[spec.objective]]
+
+
+def reseeder(spec: StudyConfig, dists: list[Dist], worker: str = "") -> Any:
+    """``before_ask(study)``: a sampler seeded for the next trial of ``study``. Give ``worker``
+    when asks are not serialised across workers (no storage lock)."""
+
+    def before_ask(study: Any) -> None:
+        n = len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(spec, dists, trial_seed(spec.sampler_seed, study.study_name, n, worker))
+
+    return before_ask
+
+
+def arm_study(
+    storage: Any, spec: StudyConfig, arm: Arm, dists: list[Dist], steps: int, every: int, suffix: str = ""
+) -> Any:
+    """``NAME/<arm>`` (the search, with the arm's attrs) or ``NAME/<arm><suffix>`` (seeds to replicate)."""
+    import optuna
+
+    if suffix:  # replication: trials are enqueued seeds, nothing is sampled or pruned
+        return optuna.create_study(
+            study_name=f"{spec.name}/{arm.name}{suffix}",
+            storage=storage,
+            load_if_exists=True,
+            direction="maximize",
+            sampler=optuna.samplers.RandomSampler(seed=0),
+            pruner=optuna.pruners.NopPruner(),
+        )
+    study = optuna.create_study(
+        study_name=f"{spec.name}/{arm.name}",
+        storage=storage,
+        load_if_exists=True,
+        directions=directions(spec),
+        sampler=make_sampler(spec, dists, spec.sampler_seed),
+        pruner=make_pruner(spec, steps, every),
+    )
+    attrs = {
+        "ablate_study": spec.name,
+        "arm": arm.name,
+        "components": list(arm.components),
+        "quant": arm.quant,
+        "is_baseline": arm.role == "baseline",
+        "role": arm.role,
+        "factorial": spec.factorial,
+        "objective": ["val_em", "trainable_params"] if spec.sampler == "mo" else spec.objective,
+        "n_trials": spec.n_trials,
+        "startup_trials": spec.startup_trials,
+        "sesoi": spec.sesoi,  # fixed with the design, before any data: the report's equivalence margin
+    }
+    for k, v in attrs.items():
+        if study.user_attrs.get(k) != v:
+            study.set_user_attr(k, v)
+    return study

@@ -1,0 +1,228 @@
+"""The study engine without training: the ask/run/tell loop, distinct draws, orphans, matching,
+arms, on Optuna's in-memory storage."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ablate.components import lora
+from ablate.components._arch import Dims
+from ablate.errors import ConfigError
+from ablate.search import Dist, sample
+from ablate.study.budget import Done, Job, Pruned, budget_left, counted, drive, enqueue_seeds, waiting
+from ablate.study.config import MATCHED, StudyConfig, parse_arms
+from ablate.study.matching import check_match, config_of, matched_rank, pin_best, scaled
+from ablate.study.sampling import make_sampler, reseeder
+from ablate.study.storage import INTERRUPTED, fail_orphans, interrupted, no_lock
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+DIMS = Dims(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128, context=256)
+SPACE = [
+    Dist("lora", "r", "int", 4, 64, log=True),
+    Dist("lora", "lr", "float", 1e-4, 5e-3, log=True),
+    Dist("lora", "targets", "categorical", choices=("attention", "all-linear")),
+]
+
+
+def spec(**kw) -> StudyConfig:
+    return StudyConfig.from_dict({"name": "t", "arms": ["lora", "lora+adapter"], **kw})
+
+
+def new_study(storage=None, name="t/lora", **kw) -> optuna.Study:
+    return optuna.create_study(
+        study_name=name,
+        storage=storage or optuna.storages.InMemoryStorage(),
+        load_if_exists=True,
+        sampler=make_sampler(spec(**kw), SPACE, 0),
+    )
+
+
+def job(n: int, outcomes=None, seen=None, **kw) -> Job:
+    """A search job whose 'training' returns the next outcome (a value or an exception)."""
+    outcomes = list(outcomes or [])
+
+    def work(trial, values):
+        if seen is not None:
+            seen.append(tuple(sorted((c, f, v) for c, fs in values.items() for f, v in fs.items())))
+        result = outcomes.pop(0) if outcomes else 1.0
+        if isinstance(result, BaseException):
+            raise result
+        return Done(result, {"metrics": {"trainable_params": 10}})
+
+    return Job(budget_left(n), lambda t: sample(t, SPACE), work, reseeder(spec(**kw), SPACE))
+
+
+def test_budget_counts_pruned_and_failed_but_gives_interrupted_back():
+    study = new_study()
+    outcomes = [0.5, Pruned("pruned at step 3"), RuntimeError("boom"), KeyboardInterrupt()]
+    with pytest.raises(KeyboardInterrupt):
+        drive(study, job(5, outcomes), no_lock)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL]
+    assert [t.user_attrs.get("reason") for t in study.trials[1:]] == [
+        "pruned at step 3",
+        "RuntimeError: boom",
+        INTERRUPTED,
+    ]
+    assert len(counted(study)) == 3 and interrupted(study) == {3}
+    # resume: exactly the two trials left are run, the interrupted one does not use the budget
+    assert drive(study, job(5), no_lock) == 2
+    assert len(study.trials) == 6 and len(counted(study)) == 5
+    assert all(
+        t.user_attrs["metrics"]["trainable_params"] == 10
+        for t in study.trials
+        if t.state == TrialState.COMPLETE
+    )
+
+
+def test_two_workers_and_a_resume_never_draw_the_same_configuration():
+    """Two processes' studies on one storage, asks interleaved, then a third (resumed) process."""
+    storage = optuna.storages.InMemoryStorage()
+    seen: list = []
+    workers = [new_study(storage, sampler="random"), new_study(storage, sampler="random")]
+    for _ in range(4):
+        for w in workers:
+            drive(w, job(len(w.trials) + 1, seen=seen, sampler="random"), no_lock)
+    drive(new_study(storage, sampler="random"), job(12, seen=seen, sampler="random"), no_lock)
+    assert len(seen) == 12 and len(set(seen)) == 12
+    # what happened before: every process seeded its sampler alike and drew the same first config
+    same = [new_study(sampler="random") for _ in range(2)]
+    firsts = [sample(s.ask(), SPACE) for s in same]
+    assert firsts[0] == firsts[1]
+
+
+def test_tpe_startup_is_a_fraction_of_the_budget():
+    s = spec(n_trials=10, startup_fraction=0.3)
+    assert s.startup_trials == 3 and spec(n_trials=2, startup_fraction=0.3).startup_trials == 1
+    assert make_sampler(s, SPACE, 0)._n_startup_trials == 3
+    for bad in (0, 1.5, "x", True):
+        with pytest.raises(ConfigError, match="study.startup_fraction"):
+            spec(startup_fraction=bad)
+
+
+def test_replicate_seeds_are_enqueued_once_and_retried_when_failed():
+    study = new_study(name="t/lora/replicate")
+    enqueue_seeds(study, range(1, 4))
+    enqueue_seeds(study, range(1, 4))  # a second worker: nothing twice
+    assert len(study.trials) == 3 and waiting(study)
+    outcomes = [0.1, RuntimeError("x"), 0.3]
+    drive(study, Job(waiting, lambda t: t.suggest_int("seed", 1, 3), lambda t, s: _pop(outcomes, s)), no_lock)
+    assert [(t.params["seed"], t.state) for t in study.trials] == [
+        (1, TrialState.COMPLETE),
+        (2, TrialState.FAIL),
+        (3, TrialState.COMPLETE),
+    ]
+    enqueue_seeds(study, range(1, 4))  # resume: only the failed seed again
+    assert [
+        t.system_attrs["fixed_params"]["seed"] for t in study.trials if t.state == TrialState.WAITING
+    ] == [2]
+
+
+def _pop(outcomes, seed):
+    result = outcomes.pop(0)
+    if isinstance(result, BaseException):
+        raise result
+    return Done(result)
+
+
+def test_orphans_of_dead_processes_are_failed_and_give_their_budget_back():
+    study = new_study()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for worker in (f"{socket.gethostname()}:{dead.pid}", f"{socket.gethostname()}:1", "elsewhere:1"):
+        trial = study.ask()
+        trial.set_user_attr("worker", worker)
+    assert fail_orphans(study) == [0]  # the live pid 1 and the other host's trial are left alone
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
+    assert study.user_attrs["interrupted_trials"] == [0] and len(counted(study)) == 2
+
+
+def test_rank_for_params_matches_the_closed_form():
+    for fields in ({"targets": "attention"}, {"targets": "all-linear", "dora": True}):
+        for target in (5_000, 20_000, 123_456):
+            rank, params = lora.rank_for_params(DIMS, fields, target)
+            assert params == lora.expected_params(DIMS, lora.LoraConfig.from_dict({**fields, "r": rank}))
+            for other in (rank - 1, rank + 1):
+                if other >= 1:
+                    alt = lora.expected_params(DIMS, lora.LoraConfig.from_dict({**fields, "r": other}))
+                    assert abs(params - target) <= abs(alt - target)
+
+
+def test_matched_rank_is_enforced_within_ten_percent():
+    config = _config()
+    rank, params = matched_rank(config, {"targets": "attention"}, 8_000, "lora+adapter")
+    assert abs(params / 8_000 - 1) <= 0.10
+    attention, all_linear = (
+        lora.expected_params(DIMS, lora.LoraConfig(r=1, targets=t)) for t in ("attention", "all-linear")
+    )
+    target = 2 * attention  # rank 2 on attention hits it exactly; rank 1 of all-linear is 14% over
+    # a targets set that cannot get within 10% is not searched; none at all stops the study
+    assert check_match(config, {}, ["attention", "all-linear"], target, "lora+adapter") == ["attention"]
+    with pytest.raises(ConfigError) as err:
+        check_match(config, {}, ["all-linear"], target, "lora+adapter")
+    line = err.value.one_line()
+    assert (attention, all_linear) == (896, 2048)
+    assert line.startswith("error: study.matched=") and len(line.splitlines()) == 1
+    assert (
+        MATCHED in line
+        and "lora+adapter" in line
+        and "1,792" in line
+        and "2,048" in line
+        and "all-linear" in line
+    )
+
+
+def _config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, max_position_embeddings=256,
+    )  # fmt: skip
+
+
+def test_best_config_is_pinned_and_includes_derived_values():
+    study = new_study()
+    for value, r in ((0.5, 3), (0.2, 5), (0.9, 7)):
+        trial = study.ask({"lora.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+        trial.set_user_attr("derived", {"lora": {"r": r}})
+        study.tell(trial, value)
+    best = pin_best(study, multi_objective=False)
+    assert best.number == 1 and study.user_attrs["best_trial"] == 1
+    assert study.user_attrs["best_config"] == {"lora": {"lr": best.params["lora.lr"], "r": 5}}
+    trial = study.ask()
+    study.tell(trial, 0.0)  # a later, better trial does not move what was pinned
+    assert pin_best(study, False).number == 1 and config_of(study.trials[0])["lora"]["r"] == 3
+
+
+def test_capacity_scales_each_component_field():
+    values = {"lora": {"r": 8, "lr": 1e-3}, "adapter": {"lr": 1e-3}}
+    defaults = {"lora": {"r": 4}, "adapter": {"width": 16}}
+    assert scaled(values, defaults, 4) == {
+        "lora": {"r": 32, "lr": 1e-3},
+        "adapter": {"lr": 1e-3, "width": 64},
+    }
+    assert scaled({"prefix": {"length": 8}}, {"prefix": {}}, 16) == {"prefix": {"length": 128}}
+
+
+@pytest.mark.parametrize(
+    "arms,factorial,expected",
+    [
+        (["lora", "lora+adapter"], True, [("lora", "baseline"), ("adapter", "single"), ("lora+adapter", "combination")]),
+        (["lora", "lora+adapter"], False, [("lora", "baseline"), ("lora+adapter", "combination")]),
+        (["lora", "lora+prefix@nf4"], True, [("lora", "baseline"), ("prefix@nf4", "single"), ("lora+prefix@nf4", "combination")]),
+        (["lora", "adapter", "lora+adapter", "lora+adapter+prompt"], True, [("lora", "baseline"), ("adapter", "single"), ("lora+adapter", "combination"), ("lora+adapter+prompt", "combination")]),
+        (["lora", "lora@nf4"], True, [("lora", "baseline"), ("lora@nf4", "single")]),
+        (["lora+prompt", "lora"], True, [("lora", "baseline"), ("prompt", "single"), ("lora+prompt", "combination")]),
+    ],
+)  # fmt: skip
+def test_factorial_adds_x_alone_after_the_baseline(arms, factorial, expected):
+    got = parse_arms(spec(arms=arms, factorial=factorial), "none")
+    assert [(a.name, a.role) for a in got] == [*expected, (MATCHED, "matched")]
+    assert {a.name: a.quant for a in got}.get("prefix@nf4", "nf4") == "nf4"

@@ -1,0 +1,97 @@
+"""bf16 autocast (the default on CPUs with native bf16) trains like fp32, also through a 4-bit base."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ablate import train as train_mod
+from ablate.components import attach, build_configs
+from ablate.data import encode, make_batches
+from ablate.data.tasks import generate_splits
+from ablate.metrics import evaluate
+from ablate.train import TrainConfig, autocast_for, train
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "native", "expect_bf16"),
+    [
+        ("auto", "cpu", True, True),
+        ("auto", "cpu", False, False),
+        ("fp32", "cpu", True, False),
+        ("bf16", "cpu", False, True),
+    ],
+)
+def test_auto_precision_follows_the_hardware(precision, device, native, expect_bf16, monkeypatch):
+    monkeypatch.setattr(train_mod, "native_bf16_cpu", lambda: native)
+    ctx = autocast_for(torch.device(device), precision)()
+    with ctx:
+        y = torch.ones(4, 4) @ torch.ones(4, 4)
+    assert (y.dtype == torch.bfloat16) == expect_bf16
+
+
+def _curve(base, batches, precision: str) -> tuple[list[float], float]:
+    torch.manual_seed(0)
+    stack = attach(
+        base.model,
+        build_configs(("lora", "adapter"), {"lora": {"lr": 1e-2, "dropout": 0.0}, "adapter": {"lr": 1e-2}}),
+    )
+    try:
+        cfg = TrainConfig(
+            steps=40, batch_size=8, warmup_ratio=0.0, eval_every=20, progress=False, precision=precision
+        )
+        autocast = autocast_for(base.device, precision)
+        result = train(
+            base.model,
+            stack,
+            lambda epoch: batches,
+            cfg,
+            base.device,
+            evaluate=lambda: evaluate(base.model, batches, base.device, autocast),
+        )
+        return [r["train_loss"] for r in result.history], result.evals[-1]["val_loss"]
+    finally:
+        stack.detach()
+
+
+@pytest.mark.parametrize("quant", ["none", "nf4"])
+def test_bf16_training_follows_fp32(quant, tiny_bases):
+    """Same seed, data and steps: the bf16 loss curve tracks the fp32 one within bf16 noise."""
+    base = tiny_bases[quant]
+    tok = base.tokenizer
+    enc = encode(generate_splits("arithmetic", 64, 1, 1, seed=0)["train"], tok, max_length=200)
+    batches = make_batches(enc, 8, shuffle=False, seed=0, pad_id=tok.pad_token_id)[:1]  # memorise one batch
+    fp32, fp32_val = _curve(base, batches, "fp32")
+    bf16, bf16_val = _curve(base, batches, "bf16")
+    for curve in (fp32, bf16):
+        assert np.mean(curve[-5:]) < 0.93 * np.mean(curve[:5])  # both learn (the tiny model plateaus)
+    assert np.corrcoef(fp32, bf16)[0, 1] > 0.95
+    assert abs(np.mean(bf16[-5:]) - np.mean(fp32[-5:])) < 0.05 * np.mean(fp32[-5:])
+    assert bf16_val == pytest.approx(fp32_val, rel=0.05)
+
+
+def test_gradients_cross_a_4bit_layer_after_a_bf16_evaluation():
+    """bitsandbytes' CPU repacking (on the first no-grad forward) would cut the input gradient;
+    ``quant.prepare`` keeps it off, and that must hold under bf16 autocast too."""
+    import bitsandbytes as bnb
+
+    from ablate.components.quant import QuantConfig, prepare
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(64, 128, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(torch.randn(128, 64), requires_grad=False, quant_type="nf4")
+    layer = prepare(torch.nn.Sequential(layer.to("cpu")), QuantConfig())[0]
+    dense = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    autocast = autocast_for(torch.device("cpu"), "bf16")
+    layer.eval()
+    with torch.no_grad(), autocast():
+        layer(torch.randn(2, 64))
+    layer.train()
+    x = torch.randn(3, 64, requires_grad=True)
+    g = torch.randn(3, 128)
+    with autocast():
+        out = layer(x)
+    (out.float() * g).sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, g @ dense, rtol=0.05, atol=0.05 * float((g @ dense).abs().max()))

@@ -60,5 +60,5 @@ def test_report_html_renders_without_broken_images(tmp_path):
     assert broken == [], f"broken images at positions {broken}"
     assert all(u.startswith(("file:", "data:")) for u in requests), "report.html must be self-contained"
     assert "lora+adapter" in verdict and "Holm-adjusted p=" in verdict
-    assert "Δ EM vs baseline [95% CI], Holm p" in headers
+    assert {"Δ EM vs baseline [95% CI], p", "verdict"} <= set(headers)
     assert SCREENSHOT.stat().st_size > 10_000

@@ -15,7 +15,17 @@ from ablate.components import lora
 from ablate.components._arch import Dims
 from ablate.errors import ConfigError
 from ablate.search import Dist, sample
-from ablate.study.budget import Done, Job, Pruned, budget_left, counted, drive, enqueue_seeds, waiting
+from ablate.study.budget import (
+    Done,
+    Job,
+    Pruned,
+    budget_left,
+    counted,
+    drive,
+    enqueue_seeds,
+    prune_hook,
+    waiting,
+)
 from ablate.study.config import MATCHED, StudyConfig, parse_arms
 from ablate.study.matching import check_match, config_of, matched_rank, pin_best, scaled
 from ablate.study.sampling import make_sampler, reseeder
@@ -226,3 +236,27 @@ def test_factorial_adds_x_alone_after_the_baseline(arms, factorial, expected):
     got = parse_arms(spec(arms=arms, factorial=factorial), "none")
     assert [(a.name, a.role) for a in got] == [*expected, (MATCHED, "matched")]
     assert {a.name: a.quant for a in got}.get("prefix@nf4", "nf4") == "nf4"
+
+
+def test_a_trial_is_never_pruned_at_its_last_evaluation():
+    """Pruning after training has finished would throw a complete result (and a trial) away."""
+    study = optuna.create_study(
+        storage=optuna.storages.InMemoryStorage(),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=0),
+    )
+    for _ in range(3):  # earlier trials: val_loss 0.5 at steps 10 and 20
+        t = study.ask()
+        t.report(0.5, 10)
+        t.report(0.5, 20)
+        study.tell(t, 0.5)
+    worse = {"val_loss": 2.0}
+    early = study.ask()
+    with pytest.raises(Pruned, match="pruned at step 10"):
+        prune_hook(early, "val_loss", last_step=20)(10, worse)
+    study.tell(early, state=TrialState.PRUNED)
+    late = study.ask()
+    hook = prune_hook(late, "val_loss", last_step=10)  # a 10-step trial: step 10 is its end
+    hook(10, worse)  # worse than the median, yet complete: not pruned
+    assert late.should_prune()  # the pruner would have stopped it
+    study.tell(late, 2.0)
+    assert [t.state for t in study.trials[-2:]] == [TrialState.PRUNED, TrialState.COMPLETE]

@@ -18,7 +18,8 @@ What is recorded (the report reads only this):
   derived (matched-lora's rank), enqueued_from (the trial started from the baseline's best);
 - replicate trials (``NAME/<arm>/replicate``, ``NAME/<arm>/capacity<k>``): param seed, value
   test EM, user attrs metrics (with base_bytes and mlflow_run_id; the baseline's also
-  zero_shot/test_em) and items {index, correct, loss} per test item;
+  zero_shot/test_em) and items {index, correct, loss} per test item (the baseline's also
+  zero_shot_correct and zero_shot_loss: the bare base on the same items);
 - MLflow: experiment NAME; study run > arm runs > trial runs (tags ablate.level, arm, role,
   phase, seed, trial_number, state, reason).
 """

@@ -29,7 +29,6 @@ class Bench:
         self.loaded: tuple[str, Any] | None = None  # (quant method, Base)
         self.base_bytes = 0
         self.splits: Any = None  # tokenized once; every arm uses the same data
-        self._zero_shot: tuple[str, dict[str, Any]] | None = None
 
     def defaults(self, arm: Arm) -> dict[str, dict[str, Any]]:
         """The arm's component fields as composed (before any searched value)."""
@@ -84,22 +83,6 @@ class Bench:
         if self.splits is None:
             self.splits = prepare_data(trial.data, self.base(trial).tokenizer)
         return self.splits
-
-    def zero_shot(self, trial: TrialConfig) -> dict[str, Any]:
-        """The bare base (no component attached) on the test split, per item (the same for every
-        seed): the zero-shot term of the report's interaction (LoRA+X) - LoRA - X + zero-shot."""
-        from ablate.data import make_batches
-        from ablate.metrics import evaluate
-        from ablate.train import autocast_for
-
-        base = self.base(trial)
-        if self._zero_shot is None or self._zero_shot[0] != trial.quant.method:
-            pad, ebs = base.tokenizer.pad_token_id, trial.train.eval_batch_size
-            batches = make_batches(self.encoded(trial)["test"], ebs, shuffle=False, seed=0, pad_id=pad)
-            autocast = autocast_for(base.device, trial.train.precision)
-            out = evaluate(base.model, batches, base.device, autocast, per_item=True)
-            self._zero_shot = (trial.quant.method, out)
-        return self._zero_shot[1]
 
     def check_extremes(self, arms: list[Arm], spaces: Mapping[str, list[Dist]]) -> None:
         """Attach every arm at the high end of its ranges once (and, with capacity levels, at that

@@ -28,6 +28,20 @@ class Pruned(Exception):
     ablate_state = "pruned"
 
 
+def prune_hook(trial: Any, objective: str, last_step: int) -> Callable[[int, dict[str, float]], None]:
+    """A search trial's evaluation hook: report ``objective``; stop the trial (``Pruned``) only
+    before its last step. At the last evaluation training is over, so pruning would only throw
+    away a complete result (and a trial of the arm's budget)."""
+
+    def on_eval(step: int, metrics: dict[str, float]) -> None:
+        value = metrics[objective]
+        trial.report(value, step)
+        if step < last_step and trial.should_prune():
+            raise Pruned(f"pruned at step {step}: {objective}={value:.4f}")
+
+    return on_eval
+
+
 @dataclass
 class Done:
     """A finished trial: the value(s) to tell, user attrs to record first, a progress text."""

@@ -26,11 +26,11 @@ from ablate.study.budget import (
     Done,
     Job,
     Progress,
-    Pruned,
     budget_left,
     counted,
     drive,
     enqueue_seeds,
+    prune_hook,
     waiting,
 )
 from ablate.study.config import MATCHED, Arm, StudyConfig, combination_arms, parse_arms
@@ -223,13 +223,7 @@ class StudyRunner:
             return cfg
 
         def work(trial: Any, cfg: TrialConfig) -> Done:
-            def on_eval(step: int, metrics: dict[str, float]) -> None:
-                value = metrics[self.spec.objective]
-                if not self.mo:
-                    trial.report(value, step)
-                    if trial.should_prune():
-                        raise Pruned(f"pruned at step {step}: {self.spec.objective}={value:.4f}")
-
+            on_eval = None if self.mo else prune_hook(trial, self.spec.objective, cfg.train.steps)
             outcome = self._run(arm, cfg, trial, "search", arec, on_eval=on_eval, eval_split="validation")
             m = outcome.metrics
             value = [m["val_em"], m["trainable_params"]] if self.mo else m[self.spec.objective]
@@ -292,11 +286,8 @@ class StudyRunner:
                 eval_split="test",
             )
             metrics = {**records.jsonable(outcome.metrics), "mlflow_run_id": outcome.run_id}
+            # with eval.zero_shot, run_trial's items also hold the bare base's outcome per item
             items = dict(outcome.items)
-            if cfg.eval.zero_shot:  # the bare base's outcome on the same items, beside the trained one
-                bare = self.bench.zero_shot(cfg)["items"]
-                assert bare["index"] == items["index"], "zero-shot and replicate items differ"
-                items |= {"zero_shot_correct": bare["correct"], "zero_shot_loss": bare["loss"]}
             text = f"test_em={outcome.metrics['test_em']:.3f}"
             return Done(outcome.metrics["test_em"], {"metrics": metrics, "items": items}, text)
 

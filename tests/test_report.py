@@ -374,3 +374,20 @@ def test_capacity_levels_are_read_and_plotted(tmp_path):
     out = build_report("cap", rec.storage, None, tmp_path / "out")
     assert (out / "figures" / "capacity.png").exists()
     assert "### Capacity: test EM against trainable parameters" in (out / "report.md").read_text()
+
+
+def test_ablate_report_command_never_imports_torch(tmp_path):
+    """The whole ``ablate report`` command, config validation included, runs without torch."""
+    rec = write_study(tmp_path, "lora_vs_adapter", arms=("lora", "lora+adapter"), mlflow=False)
+    code = (
+        "import sys; from ablate.cli import main\n"
+        "try:\n"
+        f"    main(['report', 'study=lora_vs_adapter', 'study.storage={rec.storage}', 'tracking=none'])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "reports" / "lora_vs_adapter" / "report.md").exists()

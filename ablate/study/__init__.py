@@ -26,10 +26,22 @@ What is recorded (the report reads only this):
 
 from __future__ import annotations
 
+from typing import Any
+
 from ablate.study.budget import Pruned
 from ablate.study.config import MATCHED, OBJECTIVES, PRUNERS, SAMPLERS, Arm, StudyConfig, parse_arms
-from ablate.study.runner import StudyRunner
 from ablate.study.storage import check_storage, open_storage
+
+
+def __getattr__(name: str) -> Any:
+    # The runner pulls in the training stack (torch); ``ablate report`` only needs the config and
+    # the storage checks above, so the runner is imported on first use.
+    if name == "StudyRunner":
+        from ablate.study.runner import StudyRunner
+
+        return StudyRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MATCHED",

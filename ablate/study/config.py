@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ablate import components
-from ablate.components.quant import METHODS
 from ablate.errors import ConfigError, require
 
 SAMPLERS = ("tpe", "random", "grid", "mo")
@@ -173,6 +171,10 @@ def _parse(spec: Any, cfg: StudyConfig, default_quant: str) -> Arm:
     m = _ARM.match(str(spec).replace(" ", ""))
     if not m:
         raise ConfigError("study.arms", spec, "spell arms as components joined with + and an optional @quant")
+    # Imported here, not at the top: ``ablate report`` validates the study config without torch.
+    from ablate import components
+    from ablate.components.quant import METHODS
+
     names = components.parse_arm(m["components"], key="study.arms")
     quant = m["quant"] or cfg.quant or default_quant
     require(quant in METHODS, "study.arms", spec, f"unknown quant (one of {', '.join(METHODS)})")

@@ -16,11 +16,11 @@ from typing import Any
 from ablate.components import ComponentConfig, arm_name, build_configs, parse_arm
 from ablate.components.quant import QuantConfig
 from ablate.data import DataConfig
-from ablate.errors import ConfigError, flatten, redact, require
+from ablate.errors import ConfigError, require
 from ablate.models import ModelConfig
 from ablate.train import TrainConfig
 
-__all__ = ["ConfigError", "EvalConfig", "TrackingConfig", "TrialConfig", "flatten", "redact"]
+__all__ = ["ConfigError", "EvalConfig", "TrackingConfig", "TrialConfig"]
 
 
 @dataclass

@@ -22,7 +22,7 @@ import optuna  # noqa: E402
 
 from ablate.report import stats  # noqa: E402
 from ablate.report.collect import StudyData  # noqa: E402
-from ablate.report.summary import METRIC, Summary  # noqa: E402
+from ablate.report.summary import LATE_BEST, METRIC, Summary, search_curve  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA's forest on 2-3 points says nothing; below this we skip
 
@@ -238,32 +238,19 @@ def knockout(data: StudyData, s: Summary, out: Path) -> Fig:
 def best_so_far(data: StudyData, s: Summary, out: Path) -> Fig:
     """Best search objective so far against trial number, one line per searched arm."""
     title = "Search convergence: best objective so far per arm"
-    t = data.trials
+    curves = {a: c for a in s.numbers.index if (c := search_curve(data, a)) is not None}
+    if not curves:
+        return Fig(title, None, "No single-objective search trials recorded.")
     colors = _colors(list(s.numbers.index))
     fig, ax = plt.subplots(figsize=(8, 4))
-    drawn = 0
-    for arm in s.numbers.index:
-        objective = data.arms.loc[arm, "objective"]
-        directions = data.arms.loc[arm, "directions"] if "directions" in data.arms else ["minimize"]
-        col = f"value.{objective[0]}"
-        if not len(t) or col not in t or len(directions) != 1:
-            continue
-        at = t[t["arm"] == arm].sort_values("number")
-        values = at[col].where(at["state"] == "complete")
-        if values.notna().sum() == 0:
-            continue
-        best = (values.cummin() if directions[0] == "minimize" else values.cummax()).ffill()
-        ax.step(at["number"] + 1, best, where="post", color=colors[arm], label=arm, lw=1.8)
-        ax.scatter(at["number"] + 1, values, s=10, color=colors[arm], alpha=0.4)
-        budget = data.arms.loc[arm, "n_trials_budget"] if "n_trials_budget" in data.arms else None
-        if budget:
-            ax.axvline(0.75 * float(budget), color="grey", ls=":", lw=1)
-        drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return Fig(title, None, "No single-objective search trials recorded.")
+    for arm, c in curves.items():
+        x = c.trials["number"] + 1
+        ax.step(x, c.trials["best"], where="post", color=colors[arm], label=arm, lw=1.8)
+        ax.scatter(x, c.trials["value"], s=10, color=colors[arm], alpha=0.4)
+        if c.budget:
+            ax.axvline(LATE_BEST * c.budget, color="grey", ls=":", lw=1)
     ax.set_xlabel("trial number")
-    ax.set_ylabel(objective[0])
+    ax.set_ylabel(" / ".join(sorted({c.objective for c in curves.values()})))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     note = (

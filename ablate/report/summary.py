@@ -39,10 +39,7 @@ LOSS_SESOI = 0.02  # nats of mean response loss; the loss comparison is reported
 LATE_BEST = (
     0.75  # an arm whose best search trial came in the last quarter of its budget may not have converged
 )
-VERDICT_TEXT = {
-    stats.BETTER: "better",
-    stats.WORSE: "worse",
-}
+VERDICT_ORDER = (stats.BETTER, stats.WORSE, stats.EQUIVALENT, stats.INCONCLUSIVE)
 
 
 @dataclass
@@ -252,24 +249,47 @@ def secondary_comparisons(data: StudyData, numbers: pd.DataFrame, sesoi: float, 
     return out
 
 
+@dataclass
+class SearchCurve:
+    """One arm's search in trial order: ``value`` (nan unless complete) and ``best`` so far."""
+
+    objective: str
+    budget: int | None
+    trials: pd.DataFrame  # number, value, best
+
+
+def search_curve(data: StudyData, arm: str) -> SearchCurve | None:
+    """None for multi-objective arms and arms without a complete search trial."""
+    t = data.trials
+    objective = data.arms.loc[arm, "objective"]
+    directions = data.arms.loc[arm, "directions"] if "directions" in data.arms else ["minimize"]
+    col = f"value.{objective[0]}"
+    if not len(t) or col not in t or len(directions) != 1:
+        return None
+    at = t[t["arm"] == arm].sort_values("number")
+    values = at[col].where(at["state"] == "complete").astype(float)
+    if values.notna().sum() == 0:
+        return None
+    best = (values.cummin() if directions[0] == "minimize" else values.cummax()).ffill()
+    budget = data.arms.loc[arm, "n_trials_budget"] if "n_trials_budget" in data.arms else None
+    frame = pd.DataFrame(
+        {"number": at["number"].to_numpy(), "value": values.to_numpy(), "best": best.to_numpy()}
+    )
+    return SearchCurve(objective[0], int(budget) if budget else None, frame)
+
+
 def convergence_warnings(data: StudyData) -> list[str]:
     """Arms whose best search trial came in the last quarter of the budget."""
     out = []
-    t = data.trials
     for arm in data.arms.index:
-        objective = data.arms.loc[arm, "objective"]
-        directions = data.arms.loc[arm, "directions"] if "directions" in data.arms else ["minimize"]
-        budget = data.arms.loc[arm, "n_trials_budget"] if "n_trials_budget" in data.arms else None
-        col = f"value.{objective[0]}"
-        done = t[(t["arm"] == arm) & (t["state"] == "complete")] if len(t) else t
-        if not budget or col not in done or len(done) < 2 or len(directions) != 1:
+        c = search_curve(data, arm)
+        if c is None or not c.budget or c.trials["value"].notna().sum() < 2:
             continue
-        values = done.sort_values("number")[col].to_numpy(dtype=float)
-        numbers = done.sort_values("number")["number"].to_numpy()
-        best = int(np.argmin(values) if directions[0] == "minimize" else np.argmax(values))
-        if numbers[best] + 1 > LATE_BEST * float(budget):
+        tr = c.trials
+        first_best = int(tr.loc[tr["value"] == tr["best"].iloc[-1], "number"].iloc[0]) + 1
+        if first_best > LATE_BEST * c.budget:
             out.append(
-                f"{arm}: the best search trial was #{numbers[best] + 1} of {int(budget)}, in the last "
+                f"{arm}: the best search trial was #{first_best} of {c.budget}, in the last "
                 "quarter of the budget: search may not have converged; raise study.n_trials."
             )
     return out
@@ -289,7 +309,7 @@ def _verdict_word(c: stats.Comparison, sesoi: float) -> str:
         if c.seeds_needed is None:
             return f"INCONCLUSIVE — would need more than {stats.MAX_SEEDS:,} seeds"
         return f"INCONCLUSIVE — would need about {c.seeds_needed} seeds"
-    return VERDICT_TEXT[c.verdict].upper()
+    return c.verdict.upper()  # better / worse
 
 
 def _numbers_text(c: stats.Comparison, loss: stats.Comparison | None, adjusted: bool) -> str:
@@ -400,9 +420,6 @@ def verdict(data: StudyData, s: Summary) -> list[str]:
         f"{len(s.primary)} comparison(s)): " + (summary or "empty") + "."
     )
     return lines
-
-
-VERDICT_ORDER = (stats.BETTER, stats.WORSE, stats.EQUIVALENT, stats.INCONCLUSIVE)
 
 
 def summarise(

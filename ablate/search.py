@@ -58,9 +58,19 @@ class Dist:
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
 
-def parse_space(search: Mapping[str, Any], components: tuple[str, ...]) -> list[Dist]:
-    """Validated distributions for an arm's components (others' entries are ignored)."""
+def parse_space(
+    search: Mapping[str, Any], components: tuple[str, ...], fixed: Mapping[str, Any] | None = None
+) -> list[Dist]:
+    """Validated distributions for an arm's components (others' entries are ignored), less the
+    fields a variant arm fixes (``{"adapter.mode": "parallel"}``) and those a fixed field makes
+    moot (a component's ``SHADOWS``: a fixed ``adapter.width_ratio`` leaves ``adapter.width`` unused)."""
     dists = []
+    dropped = set(fixed or {})
+    for name, value in (fixed or {}).items():
+        comp, fname = name.split(".", 1)
+        moot = CONFIGS[comp].SHADOWS.get(fname)
+        if moot and value:
+            dropped.add(f"{comp}.{moot}")
     for comp in components:
         entries = search.get(comp) or {}
         types = {f.name: f.default for f in fields(CONFIGS[comp])}
@@ -70,7 +80,9 @@ def parse_space(search: Mapping[str, Any], components: tuple[str, ...]) -> list[
             require(
                 isinstance(spec, Mapping), key, spec, "must be {low, high[, log, step]} or {choices: [...]}"
             )
-            dists.append(_dist(comp, fname, types[fname], dict(spec), key))
+            dist = _dist(comp, fname, types[fname], dict(spec), key)
+            if dist.name not in dropped:
+                dists.append(dist)
     return dists
 
 

@@ -21,8 +21,17 @@ from tests.conftest import load_tiny
 
 NAMES = tuple(components.REGISTRY)
 ARMS = [c for k in range(1, len(NAMES) + 1) for c in itertools.combinations(NAMES, k)]
-CASES = [pytest.param(arm, q, id=f"{arm_name(arm)}-{q}") for arm in ARMS for q in ("none", "nf4")]
+GATED = ("lora", "adapter", "prefix")  # components with a learned gate (UniPELT): peft.<name>.gate
+GATED_ARMS = [("lora", "adapter", "prefix"), ("lora", "adapter", "prefix", "prompt")]
+CASES = [pytest.param(arm, q, False, id=f"{arm_name(arm)}-{q}") for arm in ARMS for q in ("none", "nf4")]
+CASES += [
+    pytest.param(arm, q, True, id=f"{arm_name(arm)}-gated-{q}") for arm in GATED_ARMS for q in ("none", "nf4")
+]
 LR = {"lora": 1e-2, "adapter": 1e-2, "prefix": 3e-2, "prompt": 3e-2}
+
+
+def gates_on(arm):
+    return {n: {"gate": True} for n in arm if n in GATED}
 
 
 def cfgs_for(arm, **overrides):
@@ -56,12 +65,12 @@ def train_steps(base, stack, batch, steps):
     return train(base.model, stack, lambda epoch: [batch], cfg, base.device)
 
 
-@pytest.mark.parametrize("arm,quant", CASES)
-def test_component_contract(arm, quant, tiny_bases, batch, tmp_path):
+@pytest.mark.parametrize("arm,quant,gated", CASES)
+def test_component_contract(arm, quant, gated, tiny_bases, batch, tmp_path):
     base = tiny_bases[quant]
     model = base.model
     before = base_snapshot(model)
-    cfgs = cfgs_for(arm)
+    cfgs = cfgs_for(arm, **(gates_on(arm) if gated else {}))
     stack = attach(model, cfgs, max_length=200)
     try:
         # 1. trainable parameters equal the closed forms, component by component
@@ -121,8 +130,13 @@ def test_component_contract(arm, quant, tiny_bases, batch, tmp_path):
 @pytest.mark.parametrize("arm", [("lora",), ("adapter",), ("lora", "adapter")], ids=arm_name)
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"lora": {"dora": True, "rslora": True, "targets": "all-linear"}, "adapter": {"mode": "parallel"}}],
-    ids=["default", "dora-rslora-parallel"],
+    [
+        {},
+        {"lora": {"dora": True, "rslora": True, "targets": "all-linear"}, "adapter": {"mode": "parallel"}},
+        {"lora": {"gate": True, "targets": "all-linear"}, "adapter": {"gate": True, "mode": "parallel"}},
+        {"lora": {"gate": True}, "adapter": {"gate": True, "placement": "ffn", "width_ratio": 0.5}},
+    ],
+    ids=["default", "dora-rslora-parallel", "gated-parallel", "gated-serial-ratio"],
 )
 def test_outputs_unchanged_at_init(arm, variant, tiny_bases, batch):
     model = tiny_bases["none"].model
@@ -143,6 +157,11 @@ def test_outputs_unchanged_at_init(arm, variant, tiny_bases, batch):
         ("adapter", {"width": 4, "placement": "attn", "mode": "parallel"}),
         ("prefix", {"length": 5, "reparam": True, "hidden": 32}),
         ("prompt", {"length": 7, "init": "random"}),
+        ("lora", {"r": 2, "targets": ["q_proj", "down_proj"], "gate": True}),
+        ("adapter", {"width": 8, "placement": "pfeiffer", "gate": True}),
+        ("adapter", {"width_ratio": 0.3, "placement": "houlsby", "mode": "parallel"}),
+        ("prefix", {"length": 5, "reparam": True, "hidden": 32, "gate": True}),
+        ("prefix", {"length": 5, "gate": True}),
     ],
 )
 def test_closed_forms_of_variants(name, fields, tiny_bases):
@@ -172,6 +191,24 @@ def test_closed_form_examples_by_hand(tiny_bases):
     assert got["adapter"] == 2 * 2 * (2 * 64 * 16 + 16 + 64)
     assert got["prefix"] == 2 * 2 * 4 * 32
     assert got["prompt"] == 3 * 64
+
+
+def test_gate_and_width_ratio_closed_forms_by_hand(tiny_bases):
+    """A gate reads a d-wide input: d + 1 params (one per target matrix, adapter site or layer);
+    width_ratio scales the bottleneck to the model (0.5 * h = 32 on tiny)."""
+    config = tiny_bases["none"].model.config
+    gated = {
+        "lora": {"r": 8, "targets": ["q_proj", "down_proj"]},
+        "adapter": {"width": 16},
+        "prefix": {"length": 4},
+    }
+    plain = expected_params(config, build_configs(GATED, gated))
+    got = expected_params(config, build_configs(GATED, {n: {**f, "gate": True} for n, f in gated.items()}))
+    assert got["lora"] - plain["lora"] == 2 * ((64 + 1) + (128 + 1))  # q_proj reads h=64, down_proj ff=128
+    assert got["adapter"] - plain["adapter"] == 2 * 2 * (64 + 1)  # Houlsby: two sites per layer
+    assert got["prefix"] - plain["prefix"] == 2 * (64 + 1)  # one gate per layer
+    mam = build_configs(("adapter",), {"adapter": {"width_ratio": 0.5, "placement": "ffn", "width": 3}})
+    assert expected_params(config, mam)["adapter"] == 2 * (2 * 64 * 32 + 32 + 64)
 
 
 def test_prefix_respects_padding_and_gqa(tiny_bases):

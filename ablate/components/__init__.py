@@ -99,6 +99,19 @@ class Stack:
             for a in chosen:
                 a.set_enabled(True)
 
+    def reset_gates(self) -> None:
+        for a in self.attached:
+            a.reset_gates()
+
+    def gate_metrics(self) -> dict[str, float]:
+        """``gate/<component>/<layer>``: mean gate value per layer of every gated component, over the
+        evaluations since ``reset_gates`` (empty when nothing is gated)."""
+        return {
+            f"gate/{a.name}/{layer:02d}": mean
+            for a in self.attached
+            for layer, mean in a.gate_means().items()
+        }
+
     def state_dict(self) -> dict[str, Any]:
         return {a.name: a.state_dict() for a in self.attached}
 

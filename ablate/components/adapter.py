@@ -10,12 +10,15 @@ module of the base.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ablate.components import gate as gating
 from ablate.components._arch import Dims, decoder_layers, dims
 from ablate.components.base import Attached, ComponentConfig, trainable_fp32
+from ablate.errors import require
 
 PLACEMENTS = {"houlsby": ("attn", "ffn"), "pfeiffer": ("ffn",), "attn": ("attn",), "ffn": ("ffn",)}
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -26,16 +29,26 @@ MODULE_NAME = "ablate_adapter"
 class AdapterConfig(ComponentConfig):
     name = "adapter"
     width: int = 16  # bottleneck width w: 2*h*w + w + h params per site
+    width_ratio: float = (
+        0.0  # > 0: w = round(width_ratio * h) instead of width (MAM: 0.5, i.e. 512 at h=1024)
+    )
     placement: str = "houlsby"  # houlsby = after attention and FFN; pfeiffer = after FFN only
     mode: str = "serial"  # serial: f(out); parallel: f(sublayer input), added to out
     activation: str = "relu"
     scaling: float = 1.0  # multiplies the adapter output (He et al. use 4 for parallel)
     dropout: float = 0.0
+    gate: bool = False  # UniPELT gate per site: output * sigmoid(W x + b) on the sublayer input, + h + 1
     lr: float = 1e-3
+
+    #: a field that, when set (truthy), makes another one moot: a search space drops the moot one
+    SHADOWS: ClassVar[dict[str, str]] = {"width_ratio": "width"}
 
     def validate(self) -> None:
         super().validate()
         self.positive("width")
+        require(
+            self.width_ratio >= 0, self.key("width_ratio"), self.width_ratio, "must be >= 0 (0: use width)"
+        )
         self.positive("scaling")
         self.one_of("placement", tuple(PLACEMENTS))
         self.one_of("mode", ("serial", "parallel"))
@@ -47,13 +60,15 @@ class Bottleneck(nn.Module):
 
     def __init__(self, hidden: int, cfg: AdapterConfig) -> None:
         super().__init__()
-        self.down = nn.Linear(hidden, cfg.width)
+        width = width_of(hidden, cfg)
+        self.down = nn.Linear(hidden, width)
         self.act = ACTIVATIONS[cfg.activation]()
         self.drop = nn.Dropout(cfg.dropout)
-        self.up = nn.Linear(cfg.width, hidden)
+        self.up = nn.Linear(width, hidden)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
         self.scaling = cfg.scaling
+        self.gate = gating.Gate(hidden) if cfg.gate else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -61,8 +76,15 @@ class Bottleneck(nn.Module):
         return (self.up(self.drop(self.act(self.down(x)))) * self.scaling).to(dtype)
 
 
+def width_of(hidden: int, cfg: AdapterConfig) -> int:
+    """The bottleneck width: ``width``, or ``width_ratio * hidden`` (at least 1) when that is set."""
+    return max(1, round(cfg.width_ratio * hidden)) if cfg.width_ratio > 0 else cfg.width
+
+
 def expected_params(d: Dims, cfg: AdapterConfig) -> int:
-    return d.layers * len(PLACEMENTS[cfg.placement]) * (2 * d.hidden * cfg.width + cfg.width + d.hidden)
+    w = width_of(d.hidden, cfg)
+    per_site = 2 * d.hidden * w + w + d.hidden + (gating.params(d.hidden) if cfg.gate else 0)
+    return d.layers * len(PLACEMENTS[cfg.placement]) * per_site
 
 
 def apply(model: nn.Module, cfg: AdapterConfig) -> Attached:
@@ -70,11 +92,13 @@ def apply(model: nn.Module, cfg: AdapterConfig) -> Attached:
     state = {"enabled": True}
     handles = []
     layers = decoder_layers(model)
-    for layer in layers:
+    gates = []
+    for index, layer in enumerate(layers):
         if hasattr(layer, MODULE_NAME):
             raise RuntimeError("adapters are already attached; detach them first")
         sites = nn.ModuleDict({s: Bottleneck(hidden, cfg) for s in PLACEMENTS[cfg.placement]})
         setattr(layer, MODULE_NAME, trainable_fp32(sites, layer))
+        gates += [(index, b.gate) for b in sites.values() if b.gate is not None]
         for site, sub in (("attn", layer.self_attn), ("ffn", layer.mlp)):
             if site in sites:
                 handles.append(
@@ -94,6 +118,7 @@ def apply(model: nn.Module, cfg: AdapterConfig) -> Attached:
         owns=lambda n: f".{MODULE_NAME}." in n,
         set_enabled=lambda on: state.update(enabled=on),
         detach=detach,
+        gates=(lambda: gates) if cfg.gate else None,
     )
 
 
@@ -102,11 +127,11 @@ def _hook(adapter: Bottleneck, mode: str, state: dict):
         if not state["enabled"]:
             return output
         out = output[0] if isinstance(output, tuple) else output
-        if mode == "serial":
-            new = out + adapter(out)
-        else:
-            x = args[0] if args else kwargs["hidden_states"]
-            new = out + adapter(x)
+        x = args[0] if args else kwargs["hidden_states"]  # the sublayer's input
+        delta = adapter(out if mode == "serial" else x)
+        if adapter.gate is not None:  # UniPELT: the gate reads the sublayer's input in both modes
+            delta = delta * adapter.gate(x)
+        new = out + delta
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     return hook

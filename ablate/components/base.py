@@ -10,7 +10,7 @@ detaches it cleanly, so one loaded base serves many trials.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -25,6 +25,8 @@ class ComponentConfig:
     """Fields shared by every component; subclasses add their own."""
 
     name: ClassVar[str] = ""
+    #: field -> the field it makes moot when set (truthy); search spaces drop the moot one
+    SHADOWS: ClassVar[dict[str, str]] = {}
     lr: float = 1e-3  # each component is its own optimizer group, so its lr is searched alone
     weight_decay: float = 0.0
 
@@ -102,6 +104,7 @@ class Attached:
         owns: Callable[[str], bool],
         set_enabled: Callable[[bool], None],
         detach: Callable[[], None],
+        gates: Callable[[], Iterable[tuple[int, Any]]] | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
@@ -109,6 +112,7 @@ class Attached:
         self._owns = owns
         self._set_enabled = set_enabled
         self._detach = detach
+        self._gates = gates  # (layer index, Gate) pairs when the component is gated
         self.enabled = True
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -141,6 +145,16 @@ class Attached:
 
     def detach(self) -> None:
         self._detach()
+
+    def gate_means(self) -> dict[int, float]:
+        """Mean gate value per layer over the evaluations since ``reset_gates`` (empty: ungated)."""
+        from ablate.components.gate import layer_means
+
+        return layer_means(self._gates()) if self._gates else {}
+
+    def reset_gates(self) -> None:
+        for _, gate in self._gates() if self._gates else ():
+            gate.reset()
 
 
 def trainable_fp32(module: nn.Module, like: nn.Module) -> nn.Module:

@@ -14,11 +14,13 @@ from typing import Any
 
 from torch import nn
 
-from ablate.components._arch import ATTENTION, MLP, Dims, layer_linear_names
-from ablate.components.base import Attached, ComponentConfig
+from ablate.components import gate as gating
+from ablate.components._arch import ATTENTION, MLP, Dims, decoder_layers, layer_linear_names
+from ablate.components.base import Attached, ComponentConfig, trainable_fp32
 from ablate.errors import ConfigError, require
 
 ADAPTER_NAME = "ablate"
+GATE_NAME = "lora_gate"  # ModuleDict on each LoRA layer, keyed by ADAPTER_NAME like lora_A/lora_B
 TARGET_SETS = {"attention": ATTENTION, "mlp": MLP, "all-linear": ATTENTION + MLP}
 
 
@@ -31,6 +33,7 @@ class LoraConfig(ComponentConfig):
     targets: str | list[str] = "attention"  # attention | mlp | all-linear | [q_proj, v_proj, ...]
     rslora: bool = False  # rank-stabilised scaling (Kalajdzievski 2023)
     dora: bool = False  # weight-decomposed LoRA (Liu et al. 2024): + d_out magnitudes per matrix
+    gate: bool = False  # UniPELT gate per target matrix: update * sigmoid(W x + b), + d_in + 1 params
     lr: float = 2e-4
 
     def validate(self) -> None:
@@ -47,6 +50,23 @@ class LoraConfig(ComponentConfig):
             )
         else:
             require(len(self.targets) > 0, self.key("targets"), self.targets, "empty target list")
+        # DoRA's update goes through peft's variant path, which reads lora_B's weight, not its output
+        require(not (self.gate and self.dora), self.key("gate"), self.gate, "cannot be combined with dora")
+
+    def peft_config(self, **extra: Any) -> Any:
+        """The same LoRA as a ``peft.LoraConfig`` (attachment here, and PEFT directories on export)."""
+        import peft
+
+        return peft.LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_names()),
+            use_rslora=self.rslora,
+            use_dora=self.dora,
+            bias="none",
+            **extra,
+        )
 
     def target_names(self) -> tuple[str, ...]:
         if isinstance(self.targets, str):
@@ -55,11 +75,12 @@ class LoraConfig(ComponentConfig):
 
 
 def expected_params(dims: Dims, cfg: LoraConfig) -> int:
-    """r*(d_in+d_out) per target matrix (+ d_out magnitudes with DoRA), per layer."""
+    """r*(d_in+d_out) per target matrix (+ d_out magnitudes with DoRA, + d_in+1 with a gate), per layer."""
     per_layer = 0
     for name in cfg.target_names():
         d_in, d_out = dims.linear(name)
         per_layer += cfg.r * (d_in + d_out) + (d_out if cfg.dora else 0)
+        per_layer += gating.params(d_in) if cfg.gate else 0
     return dims.layers * per_layer
 
 
@@ -82,24 +103,19 @@ def apply(model: nn.Module, cfg: LoraConfig) -> Attached:
             )
     if _lora_layers(model):
         raise RuntimeError("LoRA is already attached; detach it first")
-    peft_cfg = peft.LoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_names()),
-        use_rslora=cfg.rslora,
-        use_dora=cfg.dora,
-        bias="none",
-    )
+    peft_cfg = cfg.peft_config()
     # peft marks every non-LoRA parameter frozen; our base is frozen already.
     peft.inject_adapter_in_model(peft_cfg, model, adapter_name=ADAPTER_NAME)
+    gates, handles = _attach_gates(model) if cfg.gate else ([], [])
 
     def set_enabled(enabled: bool) -> None:
         for _, layer in _lora_layers(model):
             layer.enable_adapters(enabled)
 
     def detach() -> None:
-        # Swap each LoRA wrapper back for the base layer it wraps.
+        for h in handles:
+            h.remove()
+        # Swap each LoRA wrapper back for the base layer it wraps (its gate goes with it).
         for name, layer in _lora_layers(model):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
@@ -114,7 +130,43 @@ def apply(model: nn.Module, cfg: LoraConfig) -> Attached:
         owns=lambda n: f".{ADAPTER_NAME}." in n and "lora_" in n,
         set_enabled=set_enabled,
         detach=detach,
+        gates=(lambda: gates) if cfg.gate else None,
     )
+
+
+def _attach_gates(model: nn.Module) -> tuple[list[tuple[int, gating.Gate]], list]:
+    """A gate on every LoRA layer: a pre-hook computes g from the layer's input x, a hook on lora_B
+    scales the update B(A(x)) by it, and the layer's own hook drops g after the forward (peft calls
+    lora_B only while the adapter is enabled, so knockout switches the gate off with it)."""
+    from peft.tuners.lora import LoraLayer
+
+    gates, handles = [], []
+    for index, block in enumerate(decoder_layers(model)):
+        for _, layer in block.named_modules():
+            if not isinstance(layer, LoraLayer):
+                continue
+            gate = trainable_fp32(gating.Gate(layer.in_features), layer)
+            setattr(layer, GATE_NAME, nn.ModuleDict({ADAPTER_NAME: gate}))
+            held: dict[str, object] = {}
+
+            def pre(module, args, kwargs, gate=gate, held=held):
+                x = args[0] if args else kwargs["x"]
+                held["g"] = None if module.disable_adapters else gate(x)
+
+            def post(module, args, kwargs, output, held=held):
+                held.pop("g", None)  # never keep the graph alive between steps
+
+            def scale(module, args, output, held=held):
+                g = held.get("g")
+                return output if g is None else output * g.to(output.dtype)
+
+            handles += [
+                layer.register_forward_pre_hook(pre, with_kwargs=True),
+                layer.register_forward_hook(post, with_kwargs=True),
+                layer.lora_B[ADAPTER_NAME].register_forward_hook(scale),
+            ]
+            gates.append((index, gate))
+    return gates, handles
 
 
 def rank_for_params(dims: Dims, fields: Mapping[str, Any], target: int) -> tuple[int, int]:

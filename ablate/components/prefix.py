@@ -20,6 +20,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ablate.components import gate as gating
 from ablate.components._arch import Dims, decoder_layers, dims
 from ablate.components.base import Attached, ComponentConfig, trainable_fp32
 
@@ -34,6 +35,7 @@ class PrefixConfig(ComponentConfig):
     reparam: bool = False  # MLP reparameterisation (Li & Liang): stabler, more params while training
     hidden: int = 128  # MLP hidden width when reparam is on
     init_std: float = 0.02  # small prefixes barely perturb attention at the start
+    gate: bool = False  # UniPELT gate per layer: the prefix's attention share * sigmoid(W x + b), + h + 1
     lr: float = 1e-2
 
     def validate(self) -> None:
@@ -56,6 +58,8 @@ class PrefixEncoder(nn.Module):
             )
         else:
             self.kv = nn.Parameter(torch.randn(self.shape) * cfg.init_std)
+        if cfg.gate:
+            self.gates = nn.ModuleList(gating.Gate(d.hidden) for _ in range(d.layers))
         self.current: torch.Tensor | None = None
 
     def forward(self) -> torch.Tensor:
@@ -67,15 +71,17 @@ class PrefixEncoder(nn.Module):
 
 
 def expected_params(d: Dims, cfg: PrefixConfig) -> int:
+    gates = d.layers * gating.params(d.hidden) if cfg.gate else 0
     if not cfg.reparam:
-        return 2 * d.layers * cfg.length * d.d_kv
+        return 2 * d.layers * cfg.length * d.d_kv + gates
     out = 2 * d.layers * d.d_kv
-    return cfg.length * d.hidden + d.hidden * cfg.hidden + cfg.hidden + cfg.hidden * out + out
+    return cfg.length * d.hidden + d.hidden * cfg.hidden + cfg.hidden + cfg.hidden * out + out + gates
 
 
 def _prefix_attention(inner_name: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         inner = ALL_ATTENTION_FUNCTIONS[inner_name]
+        gate = module.__dict__.pop("_ablate_prefix_gate", None)  # (batch, q_len, 1): the gate's pre-hook
         encoder = getattr(module, "_ablate_prefix", None)
         if encoder is None or encoder.current is None:
             return inner(module, query, key, value, attention_mask, **kwargs)
@@ -84,8 +90,17 @@ def _prefix_attention(inner_name: str):
         p_len = prefix.shape[2]
         pk = prefix[0].unsqueeze(0).expand(batch, -1, -1, -1)
         pv = prefix[1].unsqueeze(0).expand(batch, -1, -1, -1)
+        head_dim = value.shape[-1]
         key = torch.cat([pk, key], dim=2)
-        value = torch.cat([pv, value], dim=2)
+        if gate is None:
+            value = torch.cat([pv, value], dim=2)
+        else:
+            # Values [pv | 0] and [0 | v] side by side: one attention call returns the prefix's share
+            # P and the tokens' share X of every query's output, and the gate scales P alone.
+            value = torch.cat(
+                [torch.cat([pv, torch.zeros_like(pv)], -1), torch.cat([torch.zeros_like(value), value], -1)],
+                dim=2,
+            )
         if attention_mask is None:  # sdpa skipped the mask: plain causal over the real keys
             k_len = key.shape[2] - p_len
             causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
@@ -98,7 +113,10 @@ def _prefix_attention(inner_name: str):
         )
         attention_mask = torch.cat([pad, attention_mask], dim=-1)
         kwargs["is_causal"] = False
-        return inner(module, query, key, value, attention_mask, **kwargs)
+        out, weights = inner(module, query, key, value, attention_mask, **kwargs)
+        if gate is not None:  # out: (batch, q_len, heads, 2 * head_dim)
+            out = gate.to(out.dtype).unsqueeze(-1) * out[..., :head_dim] + out[..., head_dim:]
+        return out, weights
 
     return attention
 
@@ -136,12 +154,18 @@ def apply(model: nn.Module, cfg: PrefixConfig) -> Attached:
         model.register_forward_pre_hook(pre_hook, with_kwargs=True),
         model.register_forward_hook(post_hook, with_kwargs=True),
     ]
+    if cfg.gate:
+        handles += [
+            attn.register_forward_pre_hook(_gate_hook(encoder.gates[i], state), with_kwargs=True)
+            for i, attn in enumerate(attns)
+        ]
 
     def detach() -> None:
         for h in handles:
             h.remove()
         for attn in attns:
             object.__delattr__(attn, "_ablate_prefix")
+            attn.__dict__.pop("_ablate_prefix_gate", None)
         config._attn_implementation = original
         delattr(model, MODULE_NAME)
 
@@ -152,4 +176,16 @@ def apply(model: nn.Module, cfg: PrefixConfig) -> Attached:
         owns=lambda n: n.startswith(MODULE_NAME + "."),
         set_enabled=lambda on: state.update(enabled=on),
         detach=detach,
+        gates=(lambda: list(enumerate(encoder.gates))) if cfg.gate else None,
     )
+
+
+def _gate_hook(gate: gating.Gate, state: dict):
+    """Before a layer's attention: its gate per token, from the attention input (read once by the
+    attention function, which clears it)."""
+
+    def pre_hook(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        object.__setattr__(module, "_ablate_prefix_gate", gate(x) if state["enabled"] else None)
+
+    return pre_hook

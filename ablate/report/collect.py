@@ -87,6 +87,7 @@ def arms_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
                 "objective": _objective_names(st),
                 "directions": [d.name.lower() for d in st.directions],
                 "best_config": ua.get("best_config") or {},
+                "fixed": ua.get("fixed") or {},  # a variant arm's fixed fields (never searched)
                 "n_trials_budget": ua.get("n_trials"),
             }
         )

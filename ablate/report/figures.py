@@ -18,7 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from ablate.report import stats  # noqa: E402
 from ablate.report.collect import StudyData  # noqa: E402
@@ -325,10 +327,55 @@ def capacity(data: StudyData, s: Summary, out: Path) -> Fig | None:
     return Fig(title, _save(fig, out / "capacity.png"))
 
 
+def gate_table(data: StudyData, arm: str) -> pd.DataFrame:
+    """Mean gate value per component (rows) and layer (columns) of one arm, averaged over its
+    replicate seeds: the ``gate/<component>/<layer>`` metrics each run recorded on its final
+    evaluation. Empty when the arm recorded none."""
+    reps = data.replicates[data.replicates["arm"] == arm]
+    cells = {}
+    for col in [c for c in reps.columns if c.startswith("gate/")]:
+        if reps[col].notna().any():
+            _, comp, layer = col.split("/")
+            cells[(comp, int(layer))] = float(reps[col].mean())
+    if not cells:
+        return pd.DataFrame()
+    table = pd.Series(cells).unstack()
+    return table.reindex([c for c in data.arms.loc[arm, "components"] if c in table.index])
+
+
+def gates(data: StudyData, s: Summary, out: Path) -> Fig | None:
+    """Heatmap of the learned gates (UniPELT): mean gate per layer and component, per gated arm.
+    None for a study without gated arms."""
+    tables = {a: gate_table(data, a) for a in s.numbers.index}
+    tables = {a: t for a, t in tables.items() if not t.empty}
+    if not tables:
+        return None
+    title = "Learned gates: mean g per layer and component (final test evaluation, mean over seeds)"
+    fig, axes = plt.subplots(
+        len(tables), 1, figsize=(max(6.0, 0.35 * max(t.shape[1] for t in tables.values()) + 2), 1.2 + 1.1 * sum(len(t) for t in tables.values())), squeeze=False
+    )  # fmt: skip
+    for ax, (arm, t) in zip(axes[:, 0], tables.items(), strict=True):
+        im = ax.imshow(t.to_numpy(dtype=float), cmap="RdBu_r", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_yticks(range(len(t)), list(t.index))
+        ax.set_xticks(range(t.shape[1]), [str(c) for c in t.columns], fontsize=7)
+        for (i, j), v in np.ndenumerate(t.to_numpy(dtype=float)):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_title(arm, fontsize=10)
+        ax.set_xlabel("layer")
+        fig.colorbar(im, ax=ax, fraction=0.03, label="g (0.5 at start)")
+    means = "; ".join(
+        f"{arm}: " + ", ".join(f"{c} {row.mean():.2f} (layers {row.min():.2f}..{row.max():.2f})" for c, row in t.iterrows())
+        for arm, t in tables.items()
+    )  # fmt: skip
+    note = f"Every gate starts at 0.5; above it the model leaned on that method. Mean over layers: {means}."
+    return Fig(title, _save(fig, out / "gates.png"), note)
+
+
 def all_figures(data: StudyData, s: Summary, out: Path) -> tuple[list[Fig], dict[str, dict[str, float]]]:
     imp, skipped = importances(data)
     figs = [metric_vs_params(data, s, out), *optimisation_history(data, out)]
     figs += [best_so_far(data, s, out), importance_figure(imp, skipped, out), learning_curves(data, s, out)]
     figs += [grad_norms(data, s, out), overhead(s, out), knockout(data, s, out)]
-    figs += [f for f in (capacity(data, s, out),) if f is not None]
+    figs += [f for f in (capacity(data, s, out), gates(data, s, out)) if f is not None]
     return figs, imp

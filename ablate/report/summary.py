@@ -91,6 +91,15 @@ def fmt_config(cfg: dict[str, Any]) -> str:
     )
 
 
+def arm_config(arms: pd.DataFrame, arm: str) -> str:
+    """The best searched configuration, then a variant arm's fixed fields, marked as such."""
+    fixed = arms.loc[arm, "fixed"] if "fixed" in arms else None
+    best = fmt_config(arms.loc[arm, "best_config"])
+    if not isinstance(fixed, dict) or not fixed:
+        return best
+    return "; ".join(x for x in (best, "fixed " + fmt_config(fixed)) if x)
+
+
 def _mean(rep: pd.DataFrame, col: str) -> float:
     return float(rep[col].mean()) if col in rep and rep[col].notna().any() else math.nan
 
@@ -205,7 +214,7 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
         costs = {c: _mean(rep, c) for c in COSTS}
         row: dict[str, Any] = {
             "arm": arm,
-            "best_config": fmt_config(data.arms.loc[arm, "best_config"]),
+            "best_config": arm_config(data.arms, arm),
             "seeds": len(em),
             "items": em.shape[1] if len(em) and em.shape[1] > 1 else 0,
             **{f"em_{k}": getattr(em_iv, k) for k in ("mean", "lo", "hi")},

@@ -31,9 +31,10 @@ class Bench:
         self.splits: Any = None  # tokenized once; every arm uses the same data
 
     def defaults(self, arm: Arm) -> dict[str, dict[str, Any]]:
-        """The arm's component fields as composed (before any searched value)."""
-        peft = self.plain.get("peft") or {}
-        return {c: dict(peft.get(c) or {}) for c in arm.components}
+        """The arm's component fields as composed (before any searched value), with a variant
+        arm's fixed fields on top."""
+        peft, fixed = self.plain.get("peft") or {}, arm.fixed_fields
+        return {c: {**(peft.get(c) or {}), **fixed.get(c, {})} for c in arm.components}
 
     def config(
         self, arm: Arm, values: Mapping[str, Mapping[str, Any]], *, seed: int | None = None
@@ -54,14 +55,13 @@ class Bench:
 
     def base(self, trial: TrialConfig) -> Any:
         """This trial's base, loading it (and freeing any other) when its quantisation differs."""
-        from ablate.models import load_base
+        from ablate.models import load_base, weight_bytes
 
         method = trial.quant.method
         if self.loaded is None or self.loaded[0] != method:
             self.release()
             base = load_base(trial.model, trial.quant)
-            tensors = [*base.model.parameters(), *base.model.buffers()]
-            self.base_bytes = sum(t.numel() * t.element_size() for t in tensors)
+            self.base_bytes = weight_bytes(base.model)["total"]  # 4-bit block scales included
             self.loaded = (method, base)
             _trim_heap()  # what loading (and quantising) left behind is not the trials' memory
         return self.loaded[1]

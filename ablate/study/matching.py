@@ -93,4 +93,7 @@ def scaled(
         base = out.get(comp, {}).get(fname, (defaults.get(comp) or {}).get(fname))
         if comp in defaults and base is not None:
             out.setdefault(comp, {})[fname] = int(base) * k
+    ratio = out.get("adapter", {}).get("width_ratio", (defaults.get("adapter") or {}).get("width_ratio"))
+    if "adapter" in defaults and ratio:  # the width is the model's (MAM): scale the ratio instead
+        out["adapter"]["width_ratio"] = float(ratio) * k
     return out

@@ -89,6 +89,7 @@ def arm_study(
         "ablate_study": spec.name,
         "arm": arm.name,
         "components": list(arm.components),
+        "fixed": arm.fixed_fields,  # a variant arm's fixed fields: part of its configuration, never searched
         "quant": arm.quant,
         "is_baseline": arm.role == "baseline",
         "role": arm.role,

@@ -10,6 +10,7 @@ and written in batches, one database round trip per flush.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,6 +21,11 @@ from ablate.config import TrackingConfig
 from ablate.errors import flatten, redact
 
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows (and edits) for a run or experiment
+KIND_TAG = "mlflow.experimentKind"
+#: a model-training experiment: `mlflow ui` opens it on the runs table, not MLflow 3's GenAI overview
+KIND = "custom_model_development"
+DATA_CONTEXT_TAG = "mlflow.data.context"
 
 
 class Recorder:
@@ -36,6 +42,10 @@ class Recorder:
     def log_dict(self, data: Mapping[str, Any], name: str) -> None: ...
 
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None: ...
+
+    def log_datasets(self, datasets: list[Mapping[str, Any]]) -> None:
+        """Record what the run read: dicts with ``name``, ``digest``, ``source_type``, ``source``,
+        ``rows``, ``context`` (train/validation/test) and optionally ``schema`` (MLflow dataset inputs)."""
 
     def flush(self) -> None: ...
 
@@ -109,6 +119,26 @@ class MlflowRecorder(Recorder):
         else:
             self.client.log_artifact(self.run_id, str(path), subdir)
 
+    def log_datasets(self, datasets: list[Mapping[str, Any]]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [
+            DatasetInput(
+                Dataset(
+                    name=d["name"],
+                    digest=d["digest"],
+                    source_type=d["source_type"],
+                    source=json.dumps(d["source"], sort_keys=True, default=str),
+                    schema=json.dumps(d["schema"]) if d.get("schema") else None,
+                    profile=json.dumps({"num_rows": int(d["rows"]), **(d.get("profile") or {})}),
+                ),
+                tags=[InputTag(DATA_CONTEXT_TAG, d["context"])],
+            )
+            for d in datasets
+        ]
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
 
 class MlflowTracker(Tracker):
     def __init__(self, cfg: TrackingConfig) -> None:
@@ -128,10 +158,7 @@ class MlflowTracker(Tracker):
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            exp = self.client.get_experiment_by_name(self.cfg.experiment)
-            self._experiment_id = (
-                exp.experiment_id if exp else self.client.create_experiment(self.cfg.experiment)
-            )
+            self._experiment_id = ensure_experiment(self.client, self.cfg.experiment)
         return self._experiment_id
 
     @contextmanager
@@ -176,7 +203,129 @@ class MlflowTracker(Tracker):
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10000)
 
 
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created as a model-training experiment (``KIND``). An older
+    experiment without a kind gets it; a kind someone chose in the UI is left alone."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags={KIND_TAG: KIND})
+    if KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
+    return exp.experiment_id
+
+
 def make_tracker(cfg: TrackingConfig) -> Tracker:
     if cfg.backend == "none":
         return Tracker()
     return MlflowTracker(cfg)
+
+
+# -- what the MLflow UI shows of a finished study --------------------------------------------------
+
+
+def _num(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _pts(x: float, sign: bool = True) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}"
+
+
+def arm_line(row: Mapping[str, str], baseline: str) -> str:
+    """One line per arm from a report's ``summary.csv`` row: configuration and result."""
+    arm = row["arm"]
+    parts = [f"{arm}: best configuration {row.get('best_config') or '(defaults)'}"]
+    seeds = _num(row.get("seeds"))
+    seeds = 0 if math.isnan(seeds) else int(seeds)
+    if seeds:
+        parts.append(
+            f"test EM {_pts(_num(row['em_mean']), False)} "
+            f"[95% CI {_pts(_num(row['em_lo']), False)}..{_pts(_num(row['em_hi']), False)}] over {seeds} seed(s)"
+        )
+    if arm == baseline:
+        parts.append("the baseline")
+    elif not math.isnan(_num(row.get("delta_diff"))):
+        parts.append(
+            f"Δ vs {baseline} {_pts(_num(row['delta_diff']))} EM "
+            f"[{_pts(_num(row['delta_lo']))}..{_pts(_num(row['delta_hi']))}]: {row.get('delta_verdict') or 'n/a'}"
+        )
+    params = _num(row.get("trainable_params"))
+    if not math.isnan(params):
+        parts.append(f"{params:,.0f} trainable params")
+    return "; ".join(parts)
+
+
+def arm_metrics(row: Mapping[str, str], baseline: str) -> dict[str, float]:
+    """The comparison as arm-run metrics (fractions, like ``test_em``), for sorting and charting."""
+    out = {
+        k: _num(row.get(c))
+        for k, c in (("test_em_mean", "em_mean"), ("test_em_lo", "em_lo"), ("test_em_hi", "em_hi"))
+    }
+    if row["arm"] == baseline:
+        out["delta_test_em"] = 0.0  # by definition; no interval
+    else:
+        primary = str(row.get("primary")).lower() == "true"
+        out.update(
+            delta_test_em=_num(row.get("delta_diff")),
+            delta_test_em_lo=_num(row.get("delta_lo")),
+            delta_test_em_hi=_num(row.get("delta_hi")),
+            delta_test_em_p=_num(row.get("delta_p_adj" if primary else "delta_p")),
+        )
+    return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+def describe_study(tracking_uri: str, study: str, question: str, report_dir: str | Path) -> str | None:
+    """Put a built report's verdict where the MLflow UI shows it (call after ``build_report``).
+
+    The experiment's description (``mlflow.note.content``) becomes the study's question, the
+    current verdict and the report's path; every arm run gets a one-line description and the
+    comparison metrics of ``arm_metrics``. Returns the experiment description (None: no experiment).
+    """
+    import csv
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        return None
+    report_dir = Path(report_dir).resolve()
+    verdict = json.loads((report_dir / "verdict.json").read_text(encoding="utf-8"))
+    with (report_dir / "summary.csv").open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    baseline = verdict["baseline"]
+    asked = question.strip().rstrip(".") or f"Does combining LoRA with another method beat {baseline}?"
+    lines = [
+        f"**Question:** {asked}. Every arm is compared with the tuned baseline `{baseline}` on test "
+        "exact match (EM, points), paired by seed and test item.",
+        "",
+        f"**Current verdict** ({time.strftime('%Y-%m-%d %H:%M')}):",
+        *[f"- {line}" for line in verdict["lines"]],
+        "",
+        f"**Report:** {report_dir / 'report.html'} (and report.md; also under `report/` in the "
+        f"artifacts of the study run `{study}`).",
+    ]
+    text = "\n".join(lines)
+    if len(text) > 19_000:  # MLflow caps an experiment tag at 20,000 characters
+        text = text[:18_900] + f"\n\n… (cut: the full verdict is in {report_dir / 'report.md'})"
+    client.set_experiment_tag(exp.experiment_id, NOTE_TAG, text)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`ablate.level` = 'arm'",  # the experiment is the study
+        max_results=1000,
+    )
+    by_arm: dict[str, list[str]] = {}
+    for r in runs:
+        by_arm.setdefault(r.data.tags.get("arm", ""), []).append(r.info.run_id)
+    for row in rows:
+        for run_id in by_arm.get(row["arm"], []):
+            rec = MlflowRecorder(client, run_id)
+            rec.set_tags({NOTE_TAG: arm_line(row, baseline)})
+            rec.log_metrics(arm_metrics(row, baseline))
+            rec.flush()
+    for r in client.search_runs([exp.experiment_id], "tags.`ablate.level` = 'study'"):
+        client.set_tag(r.info.run_id, NOTE_TAG, verdict["lines"][-1][:5000] if verdict["lines"] else "")
+    return text

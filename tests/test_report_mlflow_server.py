@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -29,23 +31,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The recorded study with its report logged, and the base URL of a server reading its store."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    root = tmp_path_factory.mktemp("served")
-    rec = write_study(root)
-    out = build_report(rec.name, rec.storage, rec.tracking_uri, root / "report")
-    run_id = find_study_run(rec.tracking_uri, rec.name)
-    assert run_id == rec.study_run_id
-    log_report(rec.tracking_uri, run_id, out)
-
+@contextlib.contextmanager
+def mlflow_server(store_uri: str, cwd: Path, log_path: Path) -> Iterator[str]:
+    """``mlflow server`` on a free 127.0.0.1 port over ``store_uri``; yields its base URL."""
     mlflow_bin = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
     port = _free_port()
-    cmd = [*mlflow_bin.split(), "server", "--backend-store-uri", rec.tracking_uri]
+    cmd = [*mlflow_bin.split(), "server", "--backend-store-uri", store_uri]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -57,9 +51,9 @@ def served(tmp_path_factory):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer: {(root / 'server.log').read_text()[-2000:]}")
+                pytest.fail(f"mlflow server did not answer: {log_path.read_text()[-2000:]}")
             time.sleep(0.3)
-        yield rec, out, base
+        yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (it forks workers)
         try:
@@ -68,6 +62,21 @@ def served(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The recorded study with its report logged, and the base URL of a server reading its store."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    root = tmp_path_factory.mktemp("served")
+    rec = write_study(root)
+    out = build_report(rec.name, rec.storage, rec.tracking_uri, root / "report")
+    run_id = find_study_run(rec.tracking_uri, rec.name)
+    assert run_id == rec.study_run_id
+    log_report(rec.tracking_uri, run_id, out)
+
+    with mlflow_server(rec.tracking_uri, root, root / "server.log") as base:
+        yield rec, out, base
 
 
 def _get(base: str, endpoint: str, **params) -> dict:

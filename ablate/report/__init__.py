@@ -2,12 +2,13 @@
 
 ``build_report`` reads only what the study recorded (the Optuna storage and,
 when given, MLflow) and writes ``report.md``, a self-contained ``report.html``,
-``trials.csv``, ``replicates.csv``, ``items.csv`` (per test item and seed), ``summary.csv`` and the figures into
-``out_dir``. ``log_report`` attaches those files to the study's MLflow run.
+``trials.csv``, ``replicates.csv``, ``items.csv`` (per test item and seed), ``summary.csv``,
+``verdict.json`` (the verdict's lines) and the figures into ``out_dir``. ``log_report`` attaches those files to the study's MLflow run.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ablate.errors import ConfigError
@@ -46,6 +47,9 @@ def build_report(
     data.replicates.to_csv(out_dir / "replicates.csv", index=False)
     data.items.to_csv(out_dir / "items.csv", index=False)
     summary.numbers.to_csv(out_dir / "summary.csv", index=False)
+    verdict = {"study": study, "baseline": summary.baseline, "alpha": alpha, "sesoi": summary.sesoi}
+    verdict |= {"primary": summary.primary, "lines": summary.verdict}  # what `describe_study` shows in MLflow
+    (out_dir / "verdict.json").write_text(json.dumps(verdict, indent=2), encoding="utf-8")
     (out_dir / "report.md").write_text(
         render.markdown(study, summary, table, figs, imp, out_dir, data.interference), encoding="utf-8"
     )

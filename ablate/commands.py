@@ -22,10 +22,13 @@ def train_command(cfg: DictConfig) -> dict[str, float]:
     from ablate.config import TrialConfig
     from ablate.data import load_splits
     from ablate.models import load_base
+    from ablate.preflight import check_tracking, limit_mlflow_retries
     from ablate.run import prepare_data, run_trial
     from ablate.tracking import make_tracker
 
     trial = TrialConfig.from_dict(plain(cfg))
+    check_tracking(trial.tracking.backend, trial.tracking.uri)  # unreachable: one line, within seconds
+    limit_mlflow_retries()
     load_splits(trial.data)  # data mistakes surface before the (slow) model load
     base = load_base(trial.model, trial.quant)
     data = prepare_data(trial.data, base.tokenizer)
@@ -69,9 +72,18 @@ def _overrides() -> list[str]:
 def study_command(cfg: DictConfig) -> dict[str, Any]:
     """``ablate study=NAME``: search every arm, match, replicate, report; resumable."""
     from ablate.study import StudyRunner
+    from ablate.study.workers import WorkersFailed, check_workers, run_workers
 
+    workers = check_workers(cfg.get("workers", 1))
     runner = StudyRunner(plain(cfg), _overrides())
-    result = runner.run()
+    if workers == 1:
+        result = runner.run()
+    else:  # N local worker processes on the study's storage (ablate/study/workers.py)
+        try:
+            result = run_workers(runner, _overrides(), workers)
+        except WorkersFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(exc.code)
     print(study_summary(runner, result))
     return result
 
@@ -99,6 +111,11 @@ def study_summary(runner: Any, result: dict[str, Any]) -> str:
         lines.append(
             f"  runs: mlflow ui --backend-store-uri {runner.tracking.uri}   (experiment {runner.spec.name})"
         )
+        exp_id = getattr(getattr(runner, "tracker", None), "experiment_id", None)
+        if exp_id:  # MLflow 3's UI opens GenAI views unless the link asks for model training
+            lines.append(
+                f"  then open http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+            )
     return "\n".join(lines)
 
 
@@ -106,13 +123,36 @@ def report_command(cfg: DictConfig) -> str:
     """``ablate report study=NAME``: rebuild reports/NAME/ from what was recorded."""
     from pathlib import Path
 
+    from ablate.preflight import check_name
     from ablate.report import build_report
     from ablate.study import StudyConfig, check_storage
 
     spec = StudyConfig.from_dict(plain(cfg).get("study") or {})
+    check_name("study.name", spec.name)  # it becomes reports/NAME/
     check_storage(spec.storage_url)  # unreachable or malformed URL: one line, exit 2
     tracking = plain(cfg).get("tracking") or {}
     uri = tracking.get("uri") if tracking.get("backend") == "mlflow" else None
     out = build_report(spec.name, spec.storage_url, uri, Path("reports") / spec.name, baseline=spec.baseline)
+    if uri:  # the experiment's description and the arm runs' comparison metrics follow the new report
+        from ablate.tracking import describe_study
+
+        describe_study(uri, spec.name, spec.description, out)
     print(f"report: {out}/report.md (and report.html)")
     return str(out)
+
+
+def export_command(cfg: DictConfig) -> str:
+    """``ablate export study=NAME [arm=ARM] [seed=S] out=DIR``: the arm's trained components, usable elsewhere."""
+    from ablate.config import TrackingConfig
+    from ablate.export import ExportConfig, export
+    from ablate.study import StudyConfig, check_storage
+
+    p = plain(cfg)
+    spec = StudyConfig.from_dict(p.get("study") or {})
+    opts = ExportConfig.from_dict(p.get("export") or {})
+    check_storage(spec.storage_url)
+    tracking = TrackingConfig.from_dict(p.get("tracking") or {})
+    uri = tracking.uri if tracking.backend == "mlflow" else None
+    done = export(spec.name, spec.storage_url, uri, opts, baseline=spec.baseline, question=spec.description)
+    print(done.summary())
+    return str(done.out)

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -131,6 +132,8 @@ def run_trial(
         with tracker.run(run_name or cfg.arm_name, tags=all_tags, parent=parent) as rec:
             rec.log_params({**_plain(cfg), **(params or {})})
             rec.log_dict(_plain(cfg), "config.yaml")
+            if rec.run_id is not None:  # the splits this run reads, as MLflow dataset inputs
+                rec.log_datasets(dataset_inputs(cfg.data, data, ("train", "validation", eval_split)))
             started = time.perf_counter()
             with PeakMemory(device) as mem:
                 result = train(
@@ -143,7 +146,9 @@ def run_trial(
                     on_log=lambda step, row: rec.log_metrics(row, step),
                     on_eval=on_eval,
                 )
+                stack.reset_gates()  # gated components: mean gate per layer over the final evaluation alone
                 final = evaluate(model, final_batches, device, autocast, per_item=True)
+                gate_means = stack.gate_metrics()
             metrics: dict[str, float] = {
                 f"{eval_split}_loss": final["loss"],
                 f"{eval_split}_em": final["em"],
@@ -159,6 +164,7 @@ def run_trial(
                 "steps": result.steps,
             }
             metrics.update({f"params/{n}": c for n, c in counts.items()})
+            metrics.update(gate_means)  # gate/<component>/<layer>: which method the trained model leans on
             if cfg.eval.knockout and len(stack.names) > 1:
                 for name in stack.names:
                     with stack.knocked_out([name]):
@@ -184,6 +190,49 @@ def run_trial(
             return Outcome(metrics, rec.run_id, final["items"])
     finally:
         stack.detach()
+
+
+def dataset_inputs(cfg: DataConfig, data: Mapping[str, EncodedList], splits: tuple[str, ...]) -> list[dict]:
+    """One record per split a run reads (a search trial never reads the test split): name, source,
+    row count, and a digest of the token ids and labels the model actually saw."""
+    import hashlib
+    import json
+
+    if cfg.name == "hf":
+        label, kind, source = (
+            cfg.hf_name or "hf",
+            "hugging_face",
+            {"path": cfg.hf_name, "config": cfg.hf_config},
+        )
+    elif cfg.name == "file":
+        label, kind = Path(cfg.path or "file").stem, "local"
+        source = {"uri": cfg.path, "validation": cfg.validation_path, "test": cfg.test_path}
+    else:
+        label, kind = cfg.name, "code"
+        source = {"generator": f"ablate.data.tasks:{cfg.name}", "options": cfg.task_options, "seed": cfg.seed}
+    out = []
+    for split in dict.fromkeys(splits):
+        h = hashlib.sha256()
+        for e in data[split]:
+            h.update(json.dumps([e.input_ids, e.labels]).encode())
+        out.append(
+            {
+                "name": f"{label}.{split}",
+                "digest": h.hexdigest()[:12],
+                "source_type": kind,
+                "source": {**source, "split": split, "max_length": cfg.max_length},
+                "rows": len(data[split]),
+                "context": split,
+                "profile": {"dropped_over_max_length": getattr(data[split], "dropped", 0)},
+                "schema": {
+                    "mlflow_colspec": [
+                        {"type": "array", "items": {"type": "long"}, "name": "input_ids", "required": True},
+                        {"type": "array", "items": {"type": "long"}, "name": "labels", "required": True},
+                    ]
+                },
+            }
+        )
+    return out
 
 
 ITEMS_ARTIFACT = "items"

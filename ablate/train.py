@@ -7,6 +7,12 @@ interfere?), and an evaluation hook every ``eval_every`` steps that studies
 use for pruning. It knows nothing about Optuna or MLflow: callers pass
 callbacks, and an exception raised by a callback (e.g. a pruning signal)
 simply propagates.
+
+A non-finite loss or gradient norm stops training with ``NonFiniteLoss`` (the
+study records the trial as pruned, reason ``nonfinite_loss``) instead of
+stepping the optimizer on garbage. ``FaultConfig`` injects a NaN loss or a CUDA
+out-of-memory error at a chosen step, so tests and drills can check that a study
+survives them on any machine.
 """
 
 from __future__ import annotations
@@ -29,6 +35,80 @@ from ablate.metrics import forward_logits, token_loss_sum
 Batch = dict[str, torch.Tensor]
 
 
+class NonFiniteLoss(RuntimeError):
+    """The loss or a gradient norm is NaN or inf: the run cannot go on (recorded as pruned)."""
+
+    ablate_state = "pruned"  # an outcome of the configuration (e.g. a learning rate too high), not a crash
+    reason = "nonfinite_loss"
+
+    def __init__(self, step: int, what: str, value: float) -> None:
+        self.step = step
+        super().__init__(f"nonfinite_loss at step {step}: {what}={value}")
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection (tests, drills); everything off by default."""
+
+    nan_at_step: int | None = None  # the loss becomes NaN at this optimizer step
+    oom_at_step: int | None = None  # torch.cuda.OutOfMemoryError at this step ...
+    oom_times: int = 1  # ... in this many attempts in a row (2: the half-batch retry fails too)
+    # search trial numbers (of every arm) that get the faults; None: all runs. A mapping gives each
+    # its own: {0: {oom_at_step: 2}, 3: {nan_at_step: 1}} (fields above, over the ones set above)
+    trials: list[int] | dict[int, dict[str, Any]] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FaultConfig:
+        if data is None:
+            return cls()
+        require(isinstance(data, dict), "train.fault", data, "a mapping, e.g. {nan_at_step: 3}")
+        for key, value in data.items():
+            require(key in cls.__dataclass_fields__, f"train.fault.{key}", value, "unknown field")
+        cfg = cls(**data)
+        for key in ("nan_at_step", "oom_at_step"):
+            value = getattr(cfg, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ConfigError(f"train.fault.{key}", value, "must be a step >= 1 or null")
+        if not isinstance(cfg.oom_times, int) or isinstance(cfg.oom_times, bool) or cfg.oom_times < 0:
+            raise ConfigError("train.fault.oom_times", cfg.oom_times, "must be an integer >= 0")
+        if isinstance(cfg.trials, dict):
+            per = {}
+            for number, fields in cfg.trials.items():
+                number = int(number) if isinstance(number, str) and number.isdigit() else number
+                ok = isinstance(number, int) and not isinstance(number, bool) and number >= 0
+                require(ok, "train.fault.trials", cfg.trials, "trial numbers >= 0 as keys")
+                require(
+                    isinstance(fields, dict) and "trials" not in fields,
+                    f"train.fault.trials.{number}",
+                    fields,
+                    "a mapping of fault fields, e.g. {oom_at_step: 2}",
+                )
+                per[number] = dict(fields)
+                cls.from_dict({**data, "trials": None, **fields})  # each trial's faults are valid
+            cfg.trials = per
+        elif cfg.trials is not None:
+            ok = isinstance(cfg.trials, list) and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in cfg.trials
+            )
+            require(ok, "train.fault.trials", cfg.trials, "a list of trial numbers >= 0, or null")
+        return cfg
+
+    def for_trial(self, number: int | None) -> FaultConfig:
+        """The faults of search trial ``number`` (None: a replicate run, which ``trials`` never names)."""
+        if self.trials is None:
+            return self
+        if number is None or number not in self.trials:
+            return FaultConfig()
+        if isinstance(self.trials, dict):
+            base = {k: getattr(self, k) for k in ("nan_at_step", "oom_at_step", "oom_times")}
+            return FaultConfig(**{**base, **self.trials[number]})
+        return FaultConfig(self.nan_at_step, self.oom_at_step, self.oom_times)
+
+    @property
+    def active(self) -> bool:
+        return self.nan_at_step is not None or (self.oom_at_step is not None and self.oom_times > 0)
+
+
 @dataclass
 class TrainConfig:
     steps: int = 200  # optimizer steps
@@ -41,13 +121,14 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on GPUs and CPUs with native bf16, else fp32
     seed: int = 0
     progress: bool = True  # tqdm step bar on stderr
+    fault: FaultConfig = field(default_factory=FaultConfig)  # fault injection, off by default
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = cls.__dataclass_fields__
         for key, value in data.items():
             require(key in known, f"train.{key}", value, f"unknown field (known: {', '.join(known)})")
-        cfg = cls(**data)
+        cfg = cls(**{**data, "fault": FaultConfig.from_dict(data.get("fault"))})
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size"):
             value = getattr(cfg, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -147,6 +228,10 @@ def train(
     try:
         for step in range(1, cfg.steps + 1):
             started = time.perf_counter()
+            if step == cfg.fault.oom_at_step and cfg.fault.oom_times > 0:
+                raise torch.cuda.OutOfMemoryError(
+                    f"CUDA out of memory (injected: train.fault.oom_at_step={step})"
+                )
             chunk = [next(micro) for _ in range(cfg.grad_accum)]
             n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in chunk)
             loss_total = 0.0
@@ -156,6 +241,10 @@ def train(
                     logits, targets = forward_logits(model, batch)
                 # Token-mean over the whole accumulated step, not a mean of micro-batch means.
                 loss = token_loss_sum(logits, targets) / max(n_targets, 1)
+                if step == cfg.fault.nan_at_step:
+                    loss = loss * float("nan")
+                if not torch.isfinite(loss.detach()):
+                    raise NonFiniteLoss(step, "train_loss", float(loss.detach()))
                 loss.backward()
                 loss_total += float(loss.detach())
                 result.tokens += int(batch["attention_mask"].sum())
@@ -163,6 +252,8 @@ def train(
             for g in groups:
                 norms = [p.grad.detach().norm() for p in g["params"] if p.grad is not None]
                 row[f"grad_norm/{g['name']}"] = float(torch.stack(norms).norm()) if norms else 0.0
+                if not math.isfinite(row[f"grad_norm/{g['name']}"]):
+                    raise NonFiniteLoss(step, f"grad_norm/{g['name']}", row[f"grad_norm/{g['name']}"])
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()

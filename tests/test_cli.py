@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,59 +83,7 @@ def test_list_spelling_selects_the_same_arm(workdir, capsys):
     assert code == 0 and "arm lora+adapter" in out
 
 
-BAD = [
-    (["peft=lora+foo"], "peft", "foo"),
-    (["peft.lora.r=0"], "peft.lora.r", "0"),
-    (["peft.lora.alpha=-2"], "peft.lora.alpha", "-2"),
-    (["peft=adapter", "peft.adapter.width=0"], "peft.adapter.width", "0"),
-    (["peft=prefix", "peft.prefix.length=0"], "peft.prefix.length", "0"),
-    (["peft=prompt", "peft.prompt.length=-1"], "peft.prompt.length", "-1"),
-    (["peft=prompt", "peft.prompt.length=200"], "peft.prompt.length", "200"),  # 200 + 128 > 256 context
-    (["peft=lora+prefix", "peft.prefix.length=250"], "peft.prefix.length", "250"),
-    (["peft.lora.targets=[q_proj,foo_proj]"], "peft.lora.targets", "foo_proj"),
-    (["peft=lora", "peft.adapter.width=8"], "peft.adapter.width", "8"),
-    (["quant=int3"], "quant", "int3"),
-    (["model=nope"], "model", "nope"),
-    (
-        ["model.source=pretrained", "model.name_or_path=/no/such/model"],
-        "model.name_or_path",
-        "/no/such/model",
-    ),
-    (["train.steps=0"], "train.steps", "0"),
-]
-
-
-def _data_file(workdir: Path, kind: str) -> str:
-    path = workdir / {"empty": "empty.jsonl", "malformed": "bad.jsonl", "fields": "fields.jsonl"}[kind]
-    if kind == "empty":
-        path.write_text("")
-    elif kind == "malformed":
-        path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", \n')
-    else:
-        path.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) for i in range(20)))
-    return str(path)
-
-
-@pytest.mark.parametrize("args,key,value", BAD, ids=[b[1] + "=" + b[2] for b in BAD])
-def test_bad_input_is_one_line_exit_2_nothing_recorded(args, key, value, workdir, capsys):
-    code, out, err = run_cli(["train", *TINY, *args], capsys)
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Failed to load CPU")]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and key in lines[0] and value in lines[0], lines[0]
-    assert "Traceback" not in err
-    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
-
-
-@pytest.mark.parametrize(
-    "kind,key", [("empty", "data.path"), ("malformed", "data.path"), ("fields", "data.prompt_field")]
-)
-def test_bad_data_file(kind, key, workdir, capsys):
-    path = _data_file(workdir, kind)
-    code, _, err = run_cli(["train", *TINY, "data=file", f"data.path={path}"], capsys)
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Failed to load CPU")]
-    assert code == 2 and len(lines) == 1 and key in lines[0], err
-    assert not (workdir / "mlflow.db").exists()
+# Bad input (one line, exit 2, nothing written): the table in tests/test_bad_inputs.py.
 
 
 def test_real_process_exit_code_and_cfg_job(workdir):

@@ -252,43 +252,7 @@ def test_trials_sharing_a_base_do_not_leak(tiny_bases):
     assert base.model.config._attn_implementation == "sdpa"
 
 
-BAD = [
-    (["study=nope"], "study", "nope"),
-    (["study=lora_vs_adapter", "study.arms=[lora,lora+foo]"], "study.arms", "foo"),
-    (["study=lora_vs_adapter", "study.baseline=lora+adapter"], "study.baseline", "lora+adapter"),
-    (["study=lora_vs_adapter", "search.prefix.length.high=64"], "search.prefix.length.high", "64"),
-    (["study=lora_vs_adapter", "search.lora.r.low=64", "search.lora.r.high=4"], "search.lora.r.low", "64"),
-    (["study=lora_vs_adapter", "+search.lora.targets={choices:[]}"], "search.lora.targets.choices", "[]"),
-    (["study=lora_vs_adapter", "study.n_trials=0"], "study.n_trials", "0"),
-    (["study=lora_vs_prefix", "search.prefix.length.high=200"], "search.prefix.length.high", "200"),
-    (["study=lora_vs_adapter", "data=file", "data.path=/no/such.jsonl"], "data.path", "/no/such.jsonl"),
-    (["study=lora_vs_adapter", "study.seeds=-1"], "study.seeds", "-1"),
-    (["study=lora_vs_adapter", "study.startup_fraction=0"], "study.startup_fraction", "0"),
-    (["study=lora_vs_adapter", "study.factorial=maybe"], "study.factorial", "maybe"),
-    (["study=lora_vs_adapter", "study.capacity_levels=[1,0]"], "study.capacity_levels", "0"),
-    (
-        ["study=lora_vs_prefix", "study.capacity_levels=[1,16]"],
-        "study.capacity_levels",
-        "x16 gives peft.prefix",
-    ),
-    (["study=lora_vs_adapter", "study.storage=notaurl"], "study.storage", "notaurl"),
-    (["study=lora_vs_adapter", "study.storage=sqlite:////no/such/dir/x.db"], "study.storage", "/no/such/dir"),
-    (
-        ["study=lora_vs_adapter", "study.storage=postgresql://ablate:s3cret@127.0.0.1:1/nope"],
-        "study.storage",
-        "postgresql://ablate:***@127.0.0.1:1/nope",
-    ),
-]
-
-
-@pytest.mark.parametrize("args,key,value", BAD, ids=[b[1] + "=" + b[2] for b in BAD])
-def test_bad_study_input(args, key, value, workdir, capsys):
-    code, _, err = run_cli([*args, "model=tiny", "budget=smoke"], capsys)
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Failed to load CPU")]
-    assert code == 2 and len(lines) == 1, err
-    assert lines[0].startswith("error: ") and key in lines[0] and value in lines[0], lines[0]
-    assert "s3cret" not in err
-    assert not list(workdir.glob("studies/*")) and not (workdir / "mlflow.db").exists()
+# Bad study input (one line, exit 2, nothing written): the table in tests/test_bad_inputs.py.
 
 
 @pytest.fixture

@@ -3,20 +3,26 @@
 ``drive`` asks a trial while the study still has work (checked under the
 storage lock, so workers never overshoot a budget), prepares it under the same
 lock (sampling included), runs it outside the lock, and tells the outcome:
-a value, PRUNED (``Pruned`` raised from an evaluation hook), or FAIL with a
-reason. A user's mistake or Ctrl-C fails the trial as interrupted (its budget is
-given back on resume) and propagates.
+a value, PRUNED (``Pruned`` raised from an evaluation hook, or a non-finite loss:
+reason ``nonfinite_loss`` and ``nonfinite_step``), or FAIL with a reason (``oom``
+when the half-batch retry ran out of memory too). A user's mistake, Ctrl-C or
+SIGTERM fails the trial as interrupted (its budget is given back on resume) and
+propagates. While a trial runs its heartbeat is written; before each ask the
+study's lost trials are reaped (failed and retried, see ``storage.Reaper``).
+Outcomes are told inside ``signals.protected()``: a signal never cuts them in half.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ablate.errors import ConfigError
-from ablate.study.storage import INTERRUPTED, WORKER, interrupted
+from ablate.signals import protected
+from ablate.study.storage import INTERRUPTED, WORKER, heartbeat, interrupted
 
 T = TypeVar("T")
 Lock = Callable[[str], Any]
@@ -42,6 +48,29 @@ def prune_hook(trial: Any, objective: str, last_step: int) -> Callable[[int, dic
     return on_eval
 
 
+class TrialFailed(Exception):
+    """A trial that failed for a known reason (e.g. ``oom``): FAIL with that reason, the study goes on."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def outcome_of(exc: Exception) -> tuple[str, dict[str, Any], str]:
+    """(state, user attrs, progress text) of a trial that raised ``exc``: pruned (``Pruned``, or any
+    exception with ``ablate_state = "pruned"`` such as a non-finite loss) or failed with a reason."""
+    reason = getattr(exc, "reason", None)
+    if getattr(exc, "ablate_state", None) == "pruned":
+        attrs: dict[str, Any] = {"reason": reason or str(exc)}
+        if reason and getattr(exc, "step", None) is not None:
+            attrs[f"{reason.split('_')[0]}_step"] = exc.step  # nonfinite_step
+        return "pruned", attrs, str(exc)
+    if reason:
+        return "failed", {"reason": reason, "detail": str(exc)[:1000]}, f"FAILED {exc}"
+    text = f"{type(exc).__name__}: {exc}"
+    return "failed", {"reason": text[:1000]}, f"FAILED {text}"
+
+
 @dataclass
 class Done:
     """A finished trial: the value(s) to tell, user attrs to record first, a progress text."""
@@ -62,53 +91,73 @@ class Job(Generic[T]):
     report: Callable[[Any, str, float], None] | None = None  # progress line: (trial, text, seconds)
 
 
-def drive(study: Any, job: Job[Any], lock: Lock) -> int:
-    """Run trials of ``study`` until ``job.more`` says no; returns how many this process ran."""
+def drive(study: Any, job: Job[Any], lock: Lock, reap: Callable[[Any], Any] | None = None) -> int:
+    """Run trials of ``study`` until ``job.more`` says no; returns how many this process ran.
+    ``reap(study)`` (under the lock, before each ask) fails and retries trials of dead workers."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     ran = 0
     while True:
-        with lock(study.study_name):
-            if not job.more(study):
-                return ran
-            if job.before_ask is not None:
-                job.before_ask(study)
-            trial = study.ask()
-            trial.set_user_attr("worker", WORKER)
+        with ExitStack() as beating:
+            with lock(study.study_name):
+                with protected():
+                    if reap is not None:
+                        reap(study)
+                    if not job.more(study):
+                        return ran
+                    if job.before_ask is not None:
+                        job.before_ask(study)
+                trial = None
+                try:
+                    with protected():  # a signal here is raised once the trial exists, so it is told below
+                        trial = study.ask()
+                        # beating from the ask on: a worker killed at any later point is found
+                        beating.enter_context(heartbeat(study, trial))
+                        trial.set_user_attr("worker", WORKER)
+                    prepared = job.prepare(trial)
+                except BaseException:
+                    if trial is not None:
+                        _interrupt(study, trial)
+                    raise
+            ran += 1
+            t0 = time.perf_counter()
             try:
-                prepared = job.prepare(trial)
-            except BaseException:
-                _interrupt(study, trial)
-                raise
-        ran += 1
-        t0 = time.perf_counter()
-        try:
-            done = job.work(trial, prepared)
-        except Pruned as exc:
-            trial.set_user_attr("reason", str(exc))
-            study.tell(trial, state=TrialState.PRUNED)
-            text = str(exc)
-        except (ConfigError, KeyboardInterrupt):
-            _interrupt(study, trial)
-            raise
-        except Exception as exc:  # noqa: BLE001 - a crashed trial is recorded and the study goes on
-            trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:1000])
-            study.tell(trial, state=TrialState.FAIL)
-            text = f"FAILED {type(exc).__name__}: {exc}"
-        else:
-            for key, value in done.attrs.items():
-                trial.set_user_attr(key, value)
-            study.tell(trial, done.value)
-            text = done.text
+                try:
+                    done = job.work(trial, prepared)
+                except (ConfigError, KeyboardInterrupt):
+                    with protected():
+                        _interrupt(study, trial)
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a pruned or crashed trial is recorded; the study goes on
+                    state, attrs, text = outcome_of(exc)
+                    with protected():
+                        for key, value in attrs.items():
+                            trial.set_user_attr(key, value)
+                        study.tell(trial, state=TrialState.PRUNED if state == "pruned" else TrialState.FAIL)
+                else:
+                    with protected():
+                        for key, value in done.attrs.items():
+                            trial.set_user_attr(key, value)
+                        study.tell(trial, done.value)
+                    text = done.text
+            except UpdateFinishedTrialError:
+                # Another worker reaped this trial (no heartbeat for grace_s: a stalled or partitioned
+                # worker) and enqueued its retry, which will redo it; this outcome is dropped.
+                text = "LOST: reaped by another worker while running (its retry redoes it)"
         if job.report is not None:
             job.report(trial, text, time.perf_counter() - t0)
 
 
 def _interrupt(study: Any, trial: Any) -> None:
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    trial.set_user_attr("reason", INTERRUPTED)  # gives the budget back on resume
-    study.tell(trial, state=TrialState.FAIL)
+    try:
+        trial.set_user_attr("reason", INTERRUPTED)  # gives the budget back on resume
+        study.tell(trial, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:  # already reaped by another worker
+        pass
 
 
 def counted(study: Any) -> list[Any]:

@@ -4,25 +4,39 @@ opened by ``run_trial``), summary metrics, and tags a resumed study finds its ru
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from ablate.study.config import Arm
+from ablate.study.storage import no_lock
 
 
 def find_run(tracker: Any, tags: Mapping[str, str]) -> str | None:
-    """Reuse the MLflow run that a previous invocation of this study created."""
+    """Reuse the MLflow run that a previous invocation (or another worker) of this study created."""
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = tracker.find_runs(query)
     return runs[0].info.run_id if runs else None
 
 
-def study_run(tracker: Any, name: str) -> Any:
+@contextmanager
+def _shared_run(
+    tracker: Any, name: str, tags: Mapping[str, str], key: Mapping[str, str], lock: Any, **kw: Any
+) -> Iterator[Any]:
+    """Find or create the run under the storage lock: workers starting together share one run
+    instead of each creating its own."""
+    with ExitStack() as stack:
+        with lock(f"mlflow:{'/'.join(key.values())}"):
+            rec = stack.enter_context(tracker.run(name, tags=tags, run_id=find_run(tracker, key), **kw))
+        yield rec
+
+
+def study_run(tracker: Any, name: str, lock: Callable[[str], Any] = no_lock) -> Any:
     tags = {"ablate.level": "study", "study": name}
-    return tracker.run(name, tags=tags, run_id=find_run(tracker, tags))
+    return _shared_run(tracker, name, tags, tags, lock)
 
 
-def arm_run(tracker: Any, parent: Any, study: str, arm: Arm) -> Any:
+def arm_run(tracker: Any, parent: Any, study: str, arm: Arm, lock: Callable[[str], Any] = no_lock) -> Any:
     tags = {
         "ablate.level": "arm",
         "study": study,
@@ -31,8 +45,33 @@ def arm_run(tracker: Any, parent: Any, study: str, arm: Arm) -> Any:
         "components": ",".join(arm.components),
         "quant": arm.quant,
     }
-    run_id = find_run(tracker, {"ablate.level": "arm", "study": study, "arm": arm.name})
-    return tracker.run(arm.name, tags=tags, parent=parent, run_id=run_id)
+    key = {"ablate.level": "arm", "study": study, "arm": arm.name}
+    return _shared_run(tracker, arm.name, tags, key, lock, parent=parent)
+
+
+def fail_lost_run(tracker: Any, study: str, optuna_study: str, trial: Any) -> str | None:
+    """The MLflow run of a trial whose worker died (reaped by heartbeat or pid): FAILED, with the reason.
+    Found by its tags, since the dead worker never got to record the run id in the storage."""
+    arm, _, suffix = optuna_study.removeprefix(f"{study}/").partition("/")
+    phase = suffix or "search"
+    query = {
+        "ablate.level": "trial",
+        "study": study,
+        "arm": arm,
+        "phase": phase,
+        "trial_number": str(trial.number),
+    }
+    found = [
+        r
+        for r in tracker.find_runs(" and ".join(f"tags.`{k}` = '{v}'" for k, v in query.items()))
+        if r.info.status == "RUNNING"
+    ]
+    for run in found:
+        worker = trial.user_attrs.get("worker", "?")
+        tracker.client.set_tag(run.info.run_id, "state", "failed")
+        tracker.client.set_tag(run.info.run_id, "reason", f"worker lost: {worker} stopped writing heartbeats")
+        tracker.client.set_terminated(run.info.run_id, "FAILED")
+    return found[0].info.run_id if found else None
 
 
 def trial_tags(study: str, arm: Arm, phase: str, seed: int, number: int) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ablate.study.budget import (
     Done,
     Job,
     Progress,
+    TrialFailed,
     budget_left,
     counted,
     drive,
@@ -38,10 +39,12 @@ from ablate.study.matching import best_of, check_match, matched_rank, pin_best, 
 from ablate.study.sampling import arm_study, directions, reseeder
 from ablate.study.storage import (
     WORKER,
+    Heartbeat,
+    Reaper,
     StorageLock,
     check_storage,
-    fail_orphans,
     open_storage,
+    retry_lost,
     wait_for_running,
 )
 
@@ -52,10 +55,16 @@ class StudyRunner:
     def __init__(
         self, plain: Mapping[str, Any], overrides: list[str], echo: Callable[[str], None] = print
     ) -> None:
+        from ablate.preflight import check_name
+
         self.plain = copy.deepcopy(dict(plain))
         self.echo = echo
         self.spec = StudyConfig.from_dict(self.plain.get("study") or {})
+        check_name("study.name", self.spec.name)  # it becomes file, storage and experiment names
         self.arms = parse_arms(self.spec, (self.plain.get("quant") or {}).get("method", "none"))
+        for arm in self.arms:
+            check_name("study.arms", arm.name)
+        self.heartbeat = Heartbeat.from_dict(self.plain.get("heartbeat"))
         self.spaces = {a.name: self._space(a) for a in self.arms}
         self._check_search_overrides(overrides)
         self.bench = Bench(self.plain, self.spec)
@@ -66,7 +75,7 @@ class StudyRunner:
         self.mo = self.spec.sampler == "mo"
 
     def _space(self, arm: Arm) -> list[Dist]:
-        dists = parse_space(self.plain.get("search") or {}, arm.components)
+        dists = parse_space(self.plain.get("search") or {}, arm.components, dict(arm.fixed))
         return [d for d in dists if d.name != "lora.r"] if arm.matched else dists  # its rank is derived
 
     def _check_search_overrides(self, overrides: list[str]) -> None:
@@ -87,36 +96,21 @@ class StudyRunner:
 
     # -- the run -------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from ablate.tracking import make_tracker
-
-        # Every user mistake surfaces before the storage or MLflow is written to.
-        check_storage(self.spec.storage_url)
-        self.bench.encoded(self.trials[self.spec.baseline])
-        self.bench.check_extremes(self.arms, self.spaces)
-        storage = open_storage(self.spec.storage_url)
-        self.lock = StorageLock(self.spec.storage_url)
-        self.tracker = make_tracker(self.tracking)
-        studies = {a.name: self.optuna_study(storage, a) for a in self.arms}
-        self.wait_for_running([], studies.values())
+        storage, studies = self.open()
         left = sum(max(self.spec.n_trials - len(counted(s)), 0) for s in studies.values())
         progress = Progress(total=left + sum(self._seeds_left(s) for s in studies.values()))
         started = time.perf_counter()
-        with records.study_run(self.tracker, self.spec.name) as srec:
+        with records.study_run(self.tracker, self.spec.name, self.lock) as srec:
             srec.log_params(
                 {
                     "study": redact({**self.plain.get("study", {}), "storage": self.spec.storage_url}),
                     "search": self.plain.get("search", {}),
                 }
             )
-            for arm in self.arms:
-                if self.start(arm, studies):
-                    with records.arm_run(self.tracker, srec, self.spec.name, arm) as arec:
-                        self.search(arm, studies[arm.name], arec, progress)
-                        arec.log_metrics(records.summary(studies[arm.name]))
-            self.wait_for_running(studies.values())
+            self.search_all(studies, srec, progress)
             for arm in self.arms:
                 if counted(studies[arm.name]):  # matched-lora with nothing to match has no trial
-                    with records.arm_run(self.tracker, srec, self.spec.name, arm) as arec:
+                    with records.arm_run(self.tracker, srec, self.spec.name, arm, self.lock) as arec:
                         self.replicate_arm(arm, studies, storage, arec, progress)
             totals = [records.summary(s) for s in studies.values()]
             srec.log_metrics(
@@ -127,6 +121,55 @@ class StudyRunner:
             if self.spec.report:
                 result["report"] = self.write_report(srec.run_id)
         return result
+
+    def check(self) -> None:
+        """Every user mistake and unreachable service surfaces here, before anything is written."""
+        from ablate.preflight import check_tracking, limit_mlflow_retries
+
+        check_storage(self.spec.storage_url)
+        check_tracking(self.tracking.backend, self.tracking.uri)
+        limit_mlflow_retries()
+        self.bench.encoded(self.trials[self.spec.baseline])
+        self.bench.check_extremes(self.arms, self.spaces)
+
+    def open(self) -> tuple[Any, dict[str, Any]]:
+        """Check, then open the storage (with heartbeats), the lock, the tracker and the arm studies."""
+        from ablate.tracking import make_tracker
+
+        self.check()
+        self.reaper = Reaper(self.heartbeat.max_retry, on_lost=self._lost)
+        storage = self.storage = open_storage(self.spec.storage_url, self.heartbeat, self.reaper)
+        self.lock = StorageLock(self.spec.storage_url)
+        self.tracker = make_tracker(self.tracking)
+        studies = {a.name: self.optuna_study(storage, a) for a in self.arms}
+        self.wait_for_running([], studies.values())
+        return storage, studies
+
+    def _lost(self, study: Any, trial: Any) -> None:
+        """A trial whose worker died: say so, and mark its MLflow run FAILED."""
+        worker = trial.user_attrs.get("worker", "?")
+        self.echo(f"[{study.study_name}] trial {trial.number} lost with worker {worker}: failed, retried")
+        if self.tracking.backend == "mlflow":
+            records.fail_lost_run(self.tracker, self.spec.name, study.study_name, trial)
+
+    def search_all(self, studies: Mapping[str, Any], srec: Any, progress: Progress) -> None:
+        """Search every arm; again while a lost trial of another worker was given back to the
+        budget after this worker had finished that arm (its retry waits for someone to run it)."""
+        while True:
+            ran = 0
+            for arm in self.arms:
+                if self.start(arm, studies):
+                    with records.arm_run(self.tracker, srec, self.spec.name, arm, self.lock) as arec:
+                        ran += self.search(arm, studies[arm.name], arec, progress)
+                        arec.log_metrics(records.summary(studies[arm.name]))
+            self.wait_for_running(studies.values())
+            left = [
+                a
+                for a in self.arms
+                if counted(studies[a.name]) and budget_left(self.spec.n_trials)(studies[a.name])
+            ]
+            if not left or not ran and not any(waiting(studies[a.name]) for a in left):
+                return
 
     def _seeds_left(self, study: Any) -> int:
         done = [len(study.user_attrs.get("replicates") or {})]
@@ -188,25 +231,50 @@ class StudyRunner:
 
     def _run(self, arm: Arm, cfg: TrialConfig, trial: Any, phase: str, arec: Any, **kw: Any) -> Any:
         """One recorded trial run (search or replicate) on this worker's base."""
+        import torch
+
         from ablate.run import run_trial
 
         name = f"{arm.name} #{trial.number}" if phase == "search" else f"{arm.name} seed {cfg.train.seed}"
         base = self.bench.base(cfg)
-        outcome = run_trial(
-            cfg,
-            base,
-            self.bench.encoded(cfg),
-            self.tracker,
-            run_name=name,
-            parent=arec,
-            tags=records.trial_tags(self.spec.name, arm, phase, cfg.train.seed, trial.number),
-            params={"arm": arm.name, "base_bytes": self.bench.base_bytes},
-            **kw,
-        )
+        tags = records.trial_tags(self.spec.name, arm, phase, cfg.train.seed, trial.number)
+        params = {"arm": arm.name, "base_bytes": self.bench.base_bytes}
+        try:
+            outcome = run_trial(
+                cfg, base, self.bench.encoded(cfg), self.tracker, run_name=name, parent=arec,
+                tags=tags, params=params, **kw,
+            )  # fmt: skip
+        except torch.cuda.OutOfMemoryError as first:
+            # Once more with half the micro-batch and twice the accumulation: the same effective
+            # batch (and so the same configuration), less activation memory. The OOM'd run stays
+            # in MLflow as FAILED; the retry is a new run tagged oom_retry.
+            retry = halved(cfg)
+            if retry is None:
+                raise TrialFailed("oom", f"micro-batch 1 is out of memory: {first}") from first
+            free_memory()
+            note = {
+                "batch_size": retry.train.batch_size,
+                "grad_accum": retry.train.grad_accum,
+                "error": str(first)[:500],
+            }
+            trial.set_user_attr("oom_retry", note)
+            self.echo(f"[{arm.name}] trial {trial.number}: out of memory; retrying with micro-batch "
+                      f"{retry.train.batch_size} x {retry.train.grad_accum} accumulation")  # fmt: skip
+            try:
+                outcome = run_trial(
+                    retry, base, self.bench.encoded(retry), self.tracker, run_name=f"{name} (oom retry)",
+                    parent=arec, tags={**tags, "oom_retry": "1"}, params=params, **kw,
+                )  # fmt: skip
+            except torch.cuda.OutOfMemoryError as second:
+                free_memory()
+                raise TrialFailed(
+                    "oom", f"out of memory again at micro-batch {retry.train.batch_size}: {second}"
+                ) from second
+            outcome.metrics["oom_retry"] = 1
         outcome.metrics["base_bytes"] = self.bench.base_bytes  # weights alone, apart from the peak
         return outcome
 
-    def search(self, arm: Arm, study: Any, arec: Any, progress: Progress) -> None:
+    def search(self, arm: Arm, study: Any, arec: Any, progress: Progress) -> int:
         dists = self.spaces[arm.name]
         matched = study.user_attrs if arm.matched else {}
 
@@ -220,6 +288,7 @@ class StudyRunner:
                 values.setdefault("lora", {})["r"] = rank
             cfg = self.bench.config(arm, values)
             cfg.eval.knockout = cfg.eval.zero_shot = cfg.eval.save_components = False
+            cfg.train.fault = cfg.train.fault.for_trial(trial.number)
             return cfg
 
         def work(trial: Any, cfg: TrialConfig) -> Done:
@@ -235,7 +304,7 @@ class StudyRunner:
 
         worker = "" if self.lock.shared else WORKER
         job = Job(budget_left(self.spec.n_trials), prepare, work, reseeder(self.spec, dists, worker), report)
-        drive(study, job, self.lock)
+        return drive(study, job, self.lock, self.reaper)
 
     def replicate_arm(
         self, arm: Arm, studies: Mapping[str, Any], storage: Any, arec: Any, progress: Progress
@@ -267,13 +336,14 @@ class StudyRunner:
 
         reps = self.optuna_study(storage, arm, suffix=suffix)
         with self.lock(reps.study_name):
-            fail_orphans(reps)
+            self.reaper(reps)
             enqueue_seeds(reps, range(1, self.spec.seeds + 1))
 
         def prepare(trial: Any) -> TrialConfig:
             cfg = self.bench.config(arm, values, seed=int(trial.suggest_int("seed", 1, self.spec.seeds)))
             # the baseline's replicates also score the bare base: the interaction's zero-shot term
             cfg.eval.zero_shot = arm.role == "baseline" and suffix == "/replicate"
+            cfg.train.fault = cfg.train.fault.for_trial(None)  # fault.trials names search trials only
             return cfg
 
         def work(trial: Any, cfg: TrialConfig) -> Done:
@@ -295,8 +365,11 @@ class StudyRunner:
             phase = "seed" if suffix == "/replicate" else f"{suffix[1:]} seed"
             self.echo(progress.line(arm.name, phase, int(trial.params["seed"]), self.spec.seeds, text, took))
 
-        drive(reps, Job(waiting, prepare, work, None, report), self.lock)
-        self.wait_for_running([reps])  # another worker may still run a seed of this arm
+        while True:
+            drive(reps, Job(waiting, prepare, work, None, report), self.lock, self.reaper)
+            self.wait_for_running([reps])  # another worker may still run a seed of this arm
+            if not waiting(reps):  # ... or died running it: its retry waits, so run it here
+                break
         return {
             str(t.params["seed"]): t.user_attrs["metrics"]
             for t in reps.get_trials(deepcopy=False)
@@ -304,9 +377,16 @@ class StudyRunner:
         }
 
     def wait_for_running(self, studies: Any, orphans_of: Any = ()) -> None:
-        wait_for_running(list(studies), self.lock, self.echo, orphans_of=orphans_of)
+        poll = min(5.0, self.heartbeat.interval_s)
+        wait_for_running(
+            list(studies), self.lock, self.echo, orphans_of=orphans_of, poll_s=poll, reaper=self.reaper
+        )
 
     def write_report(self, study_run_id: str | None) -> Any:
+        """reports/NAME/ from the storage (and MLflow). Workers that finish together do not write it
+        at once over each other: under the storage lock, a worker whose report directory already
+        holds a report of the same stored state (``report_state``) leaves it as it is."""
+        import socket
         from pathlib import Path
 
         try:
@@ -315,7 +395,76 @@ class StudyRunner:
             return None
         out = Path("reports") / self.spec.name
         tracking_uri = self.tracking.uri if self.tracking.backend == "mlflow" else None
-        build_report(self.spec.name, self.spec.storage_url, tracking_uri, out, baseline=self.spec.baseline)
-        if tracking_uri and study_run_id:
-            log_report(tracking_uri, study_run_id, out)
+
+        def write() -> None:
+            build_report(
+                self.spec.name, self.spec.storage_url, tracking_uri, out, baseline=self.spec.baseline
+            )
+            if tracking_uri and study_run_id:
+                from ablate.tracking import describe_study
+
+                log_report(tracking_uri, study_run_id, out)
+                # the MLflow UI's view of the study
+                describe_study(tracking_uri, self.spec.name, self.spec.description, out)
+
+        storage = getattr(self, "storage", None)
+        if storage is None or not hasattr(storage, "get_all_studies"):
+            write()
+            return out
+        with self.lock(f"report:{self.spec.name}"):
+            where = f"{socket.gethostname()}:{out.resolve()}"
+            state = report_state(storage, self.spec.name)
+            holder = storage.get_study_id_from_name(f"{self.spec.name}/{self.spec.baseline}")
+            written = dict(storage.get_study_user_attrs(holder).get("reports") or {})
+            if written.get(where) == state and (out / "summary.csv").exists():
+                self.echo(f"report {out} is up to date (written by another worker)")
+                return out
+            retry_lost(write, "report")  # the report reads the storage on connections of its own
+            written[where] = state
+            storage.set_study_user_attr(holder, "reports", written)
         return out
+
+
+def report_state(storage: Any, name: str) -> str:
+    """A digest of everything study ``name`` has stored (trials, their states and values, user
+    attrs; not the ``reports`` attr that records this digest)."""
+    import hashlib
+    import json
+
+    rows = []
+    for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
+        if not frozen.study_name.startswith(f"{name}/"):
+            continue
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k != "reports"}
+        trials = [
+            (t.number, t.state.name, t.values, t.datetime_complete, sorted(t.user_attrs))
+            for t in storage.get_all_trials(frozen._study_id, deepcopy=False)
+        ]
+        rows.append((frozen.study_name, attrs, trials))
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def halved(cfg: TrialConfig) -> TrialConfig | None:
+    """``cfg`` with half the micro-batch and twice the accumulation, so the same effective batch
+    (an odd micro-batch b goes to its largest divisor <= b/2), one injected OOM fewer; None when
+    the micro-batch is already 1."""
+    b = cfg.train.batch_size
+    if b < 2:
+        return None
+    micro = max(d for d in range(1, b // 2 + 1) if b % d == 0)
+    retry = copy.deepcopy(cfg)
+    retry.train.batch_size = micro
+    retry.train.grad_accum = cfg.train.grad_accum * (b // micro)
+    retry.train.fault.oom_times = max(cfg.train.fault.oom_times - 1, 0)
+    return retry
+
+
+def free_memory() -> None:
+    """What the out-of-memory attempt held (activations, optimizer state) back to the allocator."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

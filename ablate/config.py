@@ -79,13 +79,19 @@ class TrialConfig:
         if not isinstance(peft, Mapping):
             raise ConfigError("peft", peft, "select components as peft=lora+adapter")
         names = parse_arm(list(peft))
+        train = TrainConfig.from_dict(cfg.get("train") or {})
+        quant = QuantConfig.from_dict(cfg.get("quant") or {})
+        if train.precision == "fp32" and quant.compute_dtype == "auto":
+            # A 4-bit base's auto compute dtype (and its other weights' dtype) follows the hardware,
+            # bf16 where native; a run asked to train in fp32 gets an fp32 base throughout.
+            quant.compute_dtype = "float32"
         return cls(
             arm=names,
             peft=build_configs(names, peft),
             model=ModelConfig.from_dict(cfg.get("model") or {}),
-            quant=QuantConfig.from_dict(cfg.get("quant") or {}),
+            quant=quant,
             data=DataConfig.from_dict(cfg.get("data") or {}),
-            train=TrainConfig.from_dict(cfg.get("train") or {}),
+            train=train,
             eval=EvalConfig.from_dict(cfg.get("eval") or {}),
             tracking=TrackingConfig.from_dict(cfg.get("tracking") or {}),
         )

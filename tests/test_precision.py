@@ -163,3 +163,24 @@ def test_a_4bit_base_with_bf16_weights_trains_like_one_with_fp32_weights():
     assert np.mean(bf16[-5:]) < 0.93 * np.mean(bf16[:5])
     assert np.corrcoef(fp32, bf16)[0, 1] > 0.95
     assert abs(np.mean(bf16[-5:]) - np.mean(fp32[-5:])) < 0.05 * np.mean(fp32[-5:])
+
+
+@pytest.mark.parametrize(
+    ("precision", "compute", "expected"),
+    [
+        ("fp32", "auto", "float32"),
+        ("auto", "auto", "auto"),
+        ("bf16", "auto", "auto"),
+        ("fp32", "bfloat16", "bfloat16"),
+    ],
+)
+def test_an_fp32_run_gets_an_fp32_4bit_base(precision, compute, expected):
+    """``quant.compute_dtype: auto`` follows the hardware (bf16 where native), unless the run asks
+    for fp32 training: then the 4-bit base computes, and keeps its other weights, in fp32 too."""
+    from ablate.config import TrialConfig
+    from tests.test_study import composed
+
+    cfg = composed(
+        "model=tiny", "quant=nf4", f"train.precision={precision}", f"quant.compute_dtype={compute}"
+    )
+    assert TrialConfig.from_dict(cfg).quant.compute_dtype == expected

@@ -207,6 +207,8 @@ def test_lora_vs_mam_study_runs_mam_with_its_fields_and_reports_them(workdir, ca
         "fixed adapter: mode=parallel, placement=ffn, scaling=4, width_ratio=0.5; prefix: length=30" in config
     )
     assert "fixed" not in next(r["best_config"] for r in rows if r["arm"] == "lora")
+    # the study's question (MAM vs LoRA) is its primary comparison, though MAM holds no LoRA
+    assert next(r["primary"] for r in rows if r["arm"] == "mam") in ("True", "1", "1.0")
 
 
 def test_capacity_scaling_of_a_width_ratio_adapter_scales_the_ratio():

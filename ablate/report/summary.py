@@ -122,11 +122,17 @@ def order_arms(arms: pd.DataFrame, baseline: str) -> list[str]:
 
 
 def primary_family(arms: pd.DataFrame, baseline: str) -> list[str]:
-    """Each LoRA+X (or LoRA on another base) vs the baseline: fixed by the design, not by the data."""
+    """The questions the study was designed to ask, against the baseline, fixed by the design and
+    not by the data: each LoRA+X (or LoRA on another base), and each named variant arm (an arm with
+    fixed fields: ``mam``, a serial or parallel adapter), which a study lists for its own sake.
+    The factorial's X-alone arms and matched-lora are controls: secondary."""
+    fixed = arms["fixed"] if "fixed" in arms else pd.Series({a: {} for a in arms.index})
     return [
         a
         for a in order_arms(arms, baseline)
-        if a != baseline and not matched_to(arms, a) and "lora" in list(arms.loc[a, "components"])
+        if a != baseline
+        and not matched_to(arms, a)
+        and ("lora" in list(arms.loc[a, "components"]) or bool(fixed.get(a)))
     ]
 
 

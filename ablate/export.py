@@ -451,40 +451,8 @@ def _why_ablate(names: list[str]) -> str:
     return f"ablate's own {' + '.join(extra)} implementation is not PEFT's. {why}".strip()
 
 
-def model_card(
-    choice: Choice,
-    trial: dict[str, Any],
-    meta: dict[str, Any],
-    question: str,
-    merged: bool,
-    lora_only: bool,
-    tracking_uri: str,
-) -> str:
-    """README.md of an export: what it is, how to load it, where it came from, how good it is."""
-    base = meta["base"]
-    pretrained = base["source"] == "pretrained"
-    base_id = base["name_or_path"] if pretrained else f"tiny random Llama ({base['weights']})"
-    load_from = base["name_or_path"] if pretrained else base["weights"]
-    r, m = choice.row, choice.metrics
-    quant = trial["quant"].get("method", "none")
-    front = ["---", f"base_model: {base_id}" if pretrained else "base_model: null"]
-    if lora_only and not merged:
-        front.append("library_name: peft")
-    front += ["tags:", "  - ablate", *[f"  - {c}" for c in choice.components], "---", ""]
-    lines = [
-        *front,
-        f"# {choice.study}: {choice.arm}, seed {choice.seed}",
-        "",
-        f"Exported with `ablate export study={choice.study} arm={choice.arm} seed={choice.seed}` from MLflow run "
-        f"`{choice.run_id}` ({redact(tracking_uri)}). Arm: {choice.why_arm}. Seed: {choice.why_seed}.",
-        "",
-        f"- Base model: `{base_id}`" + (f", quantised {quant}" if quant != "none" else ""),
-        f"- Components: {' + '.join(choice.components)}",
-        f"- Study question: {question or 'n/a'}",
-        "",
-        "## How to load",
-        "",
-    ]
+def _card_how_to_load(choice: Choice, load_from: str, merged: bool, lora_only: bool) -> list[str]:
+    lines: list[str] = []
     if merged:
         lines += [
             "The LoRA update is merged into the base weights: a plain transformers model, no PEFT or ablate needed.",
@@ -520,28 +488,11 @@ def model_card(
             "stack = ablate.load(DIR, base)  # attaches the components to `base` in place; stack.detach() removes them",
             "```",
         ]
-    lines += ["", "## Configuration", "", "| component | settings |", "|---|---|"]
-    for comp, fields in (trial.get("peft") or {}).items():
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
-        lines.append(f"| {comp} | {shown} |")
-    train = trial.get("train") or {}
-    data = trial.get("data") or {}
-    lines += [
-        f"| train | steps={train.get('steps')}, batch_size={train.get('batch_size')}, seed={train.get('seed')}, "
-        f"precision={train.get('precision')} |",
-        f"| data | {data.get('name')}, {data.get('n_train')} train / {data.get('n_validation')} validation / "
-        f"{data.get('n_test')} test, max_length={data.get('max_length')} |",
-        "",
-        "The full resolved configuration of the run is `config` in `ablate.json`.",
-        "",
-        "## Test metrics",
-        "",
-        "Exact match (EM) on the test split, in points; intervals are 95% CIs from the study's report "
-        "(two-way bootstrap over seeds and test items).",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
+    return lines
+
+
+def _card_metrics(choice: Choice, r: dict[str, Any], m: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if r:
         lines.append(
             f"| test EM, this arm over {r.get('seeds')} seed(s) | {_pts(r.get('em_mean'))} "
@@ -564,8 +515,11 @@ def model_card(
         lines.append(f"| per component | {', '.join(per)} |")
     if choice.verdict:
         lines += ["", "Verdict of the study's report on this arm:", "", *[f"> {v}" for v in choice.verdict]]
-    check = meta.get("check") or {}
-    lines += [
+    return lines
+
+
+def _card_check(check: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "## Round-trip check",
         "",
@@ -580,6 +534,68 @@ def model_card(
         lines.append(
             f"- for scale, switching the components off moves the logits by up to {check['components_effect']:.3g}"
         )
+    return lines
+
+
+def model_card(
+    choice: Choice,
+    trial: dict[str, Any],
+    meta: dict[str, Any],
+    question: str,
+    merged: bool,
+    lora_only: bool,
+    tracking_uri: str,
+) -> str:
+    """README.md of an export: what it is, how to load it, where it came from, how good it is."""
+    base = meta["base"]
+    pretrained = base["source"] == "pretrained"
+    base_id = base["name_or_path"] if pretrained else f"tiny random Llama ({base['weights']})"
+    load_from = base["name_or_path"] if pretrained else base["weights"]
+    r, m = choice.row, choice.metrics
+    quant = trial["quant"].get("method", "none")
+    front = ["---", f"base_model: {base_id}" if pretrained else "base_model: null"]
+    if lora_only and not merged:
+        front.append("library_name: peft")
+    front += ["tags:", "  - ablate", *[f"  - {c}" for c in choice.components], "---", ""]
+    lines = [
+        *front,
+        f"# {choice.study}: {choice.arm}, seed {choice.seed}",
+        "",
+        f"Exported with `ablate export study={choice.study} arm={choice.arm} seed={choice.seed}` from MLflow run "
+        f"`{choice.run_id}` ({redact(tracking_uri)}). Arm: {choice.why_arm}. Seed: {choice.why_seed}.",
+        "",
+        f"- Base model: `{base_id}`" + (f", quantised {quant}" if quant != "none" else ""),
+        f"- Components: {' + '.join(choice.components)}",
+        f"- Study question: {question or 'n/a'}",
+        "",
+        "## How to load",
+        "",
+        *_card_how_to_load(choice, load_from, merged, lora_only),
+    ]
+    lines += ["", "## Configuration", "", "| component | settings |", "|---|---|"]
+    for comp, fields in (trial.get("peft") or {}).items():
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+        lines.append(f"| {comp} | {shown} |")
+    train = trial.get("train") or {}
+    data = trial.get("data") or {}
+    lines += [
+        f"| train | steps={train.get('steps')}, batch_size={train.get('batch_size')}, seed={train.get('seed')}, "
+        f"precision={train.get('precision')} |",
+        f"| data | {data.get('name')}, {data.get('n_train')} train / {data.get('n_validation')} validation / "
+        f"{data.get('n_test')} test, max_length={data.get('max_length')} |",
+        "",
+        "The full resolved configuration of the run is `config` in `ablate.json`.",
+        "",
+        "## Test metrics",
+        "",
+        "Exact match (EM) on the test split, in points; intervals are 95% CIs from the study's report "
+        "(two-way bootstrap over seeds and test items).",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    lines += _card_metrics(choice, r, m)
+    lines += _card_check(meta.get("check") or {})
     return "\n".join(lines) + "\n"
 
 

@@ -115,6 +115,18 @@ def test_four_local_workers_on_the_default_storage_match_one_worker(workdir, cap
     print(f"\nwall time, same budget: 4 workers {four_s:.1f}s (process), 1 worker {one_s:.1f}s (in-process)")
 
 
+def _read_all(procs):
+    """Drain every worker's output in a thread (a full pipe would block it); ``outs[k]`` at exit."""
+    outs: dict[int, str] = {}
+    readers = [
+        threading.Thread(target=lambda k=k, p=p: outs.__setitem__(k, p.stdout.read()))
+        for k, p in enumerate(procs)
+    ]
+    for r in readers:
+        r.start()
+    return outs, readers
+
+
 def _wait_all(procs, readers, outs, timeout):
     try:
         codes = [p.wait(timeout=timeout) for p in procs]
@@ -179,13 +191,7 @@ def test_four_workers_on_postgres_survive_a_kill_9(workdir, postgres_url):  # no
         )
         for k in range(4)
     ]
-    outs: dict[int, str] = {}
-    readers = [
-        threading.Thread(target=lambda k=k, p=p: outs.__setitem__(k, p.stdout.read()))
-        for k, p in enumerate(procs)
-    ]
-    for r in readers:
-        r.start()
+    outs, readers = _read_all(procs)
     deadline, seen = time.monotonic() + 300, {}
     while time.monotonic() < deadline and not _victim_mid_trial(
         url, workdir / "mlflow.db", "kill", victim, seen
@@ -241,13 +247,7 @@ def test_two_workers_survive_dropped_database_connections(workdir, postgres_url)
         )
         for _ in range(2)
     ]
-    outs: dict[int, str] = {}
-    readers = [
-        threading.Thread(target=lambda k=k, p=p: outs.__setitem__(k, p.stdout.read()))
-        for k, p in enumerate(procs)
-    ]
-    for r in readers:
-        r.start()
+    outs, readers = _read_all(procs)
     dropped = 0
     with psycopg.connect(host="127.0.0.1", user="postgres", dbname="test", autocommit=True) as admin:
         while any(p.poll() is None for p in procs):

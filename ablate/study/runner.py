@@ -231,46 +231,21 @@ class StudyRunner:
 
     def _run(self, arm: Arm, cfg: TrialConfig, trial: Any, phase: str, arec: Any, **kw: Any) -> Any:
         """One recorded trial run (search or replicate) on this worker's base."""
-        import torch
-
         from ablate.run import run_trial
 
         name = f"{arm.name} #{trial.number}" if phase == "search" else f"{arm.name} seed {cfg.train.seed}"
         base = self.bench.base(cfg)
         tags = records.trial_tags(self.spec.name, arm, phase, cfg.train.seed, trial.number)
         params = {"arm": arm.name, "base_bytes": self.bench.base_bytes}
-        try:
-            outcome = run_trial(
-                cfg, base, self.bench.encoded(cfg), self.tracker, run_name=name, parent=arec,
-                tags=tags, params=params, **kw,
+
+        def attempt(run_cfg: TrialConfig, retry: bool) -> Any:
+            return run_trial(
+                run_cfg, base, self.bench.encoded(run_cfg), self.tracker,
+                run_name=f"{name} (oom retry)" if retry else name, parent=arec,
+                tags={**tags, "oom_retry": "1"} if retry else tags, params=params, **kw,
             )  # fmt: skip
-        except torch.cuda.OutOfMemoryError as first:
-            # Once more with half the micro-batch and twice the accumulation: the same effective
-            # batch (and so the same configuration), less activation memory. The OOM'd run stays
-            # in MLflow as FAILED; the retry is a new run tagged oom_retry.
-            retry = halved(cfg)
-            if retry is None:
-                raise TrialFailed("oom", f"micro-batch 1 is out of memory: {first}") from first
-            free_memory()
-            note = {
-                "batch_size": retry.train.batch_size,
-                "grad_accum": retry.train.grad_accum,
-                "error": str(first)[:500],
-            }
-            trial.set_user_attr("oom_retry", note)
-            self.echo(f"[{arm.name}] trial {trial.number}: out of memory; retrying with micro-batch "
-                      f"{retry.train.batch_size} x {retry.train.grad_accum} accumulation")  # fmt: skip
-            try:
-                outcome = run_trial(
-                    retry, base, self.bench.encoded(retry), self.tracker, run_name=f"{name} (oom retry)",
-                    parent=arec, tags={**tags, "oom_retry": "1"}, params=params, **kw,
-                )  # fmt: skip
-            except torch.cuda.OutOfMemoryError as second:
-                free_memory()
-                raise TrialFailed(
-                    "oom", f"out of memory again at micro-batch {retry.train.batch_size}: {second}"
-                ) from second
-            outcome.metrics["oom_retry"] = 1
+
+        outcome = with_oom_retry(attempt, cfg, trial, lambda text: self.echo(f"[{arm.name}] {text}"))
         outcome.metrics["base_bytes"] = self.bench.base_bytes  # weights alone, apart from the peak
         return outcome
 
@@ -442,6 +417,35 @@ def report_state(storage: Any, name: str) -> str:
         ]
         rows.append((frozen.study_name, attrs, trials))
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def with_oom_retry(
+    attempt: Callable[[TrialConfig, bool], Any], cfg: TrialConfig, trial: Any, echo: Callable[[str], None]
+) -> Any:
+    """``attempt(cfg, retry=False)``; on a CUDA out-of-memory error once more with half the
+    micro-batch and twice the accumulation: the same effective batch (and so the same
+    configuration), less activation memory. The OOM'd run stays in MLflow as FAILED; the retry is
+    a new run tagged oom_retry. A second OOM (or micro-batch 1) fails the trial with reason oom."""
+    import torch
+
+    try:
+        return attempt(cfg, False)
+    except torch.cuda.OutOfMemoryError as first:
+        free_memory()
+        retry = halved(cfg)
+        if retry is None:
+            raise TrialFailed("oom", f"micro-batch 1 is out of memory: {first}") from first
+        micro, accum = retry.train.batch_size, retry.train.grad_accum
+        note = {"batch_size": micro, "grad_accum": accum, "error": str(first)[:500]}
+        trial.set_user_attr("oom_retry", note)
+        echo(f"trial {trial.number}: out of memory; retrying with micro-batch {micro} x {accum} accumulation")
+    try:
+        outcome = attempt(retry, True)
+    except torch.cuda.OutOfMemoryError as second:
+        free_memory()
+        raise TrialFailed("oom", f"out of memory again at micro-batch {micro}: {second}") from second
+    outcome.metrics["oom_retry"] = 1
+    return outcome
 
 
 def halved(cfg: TrialConfig) -> TrialConfig | None:

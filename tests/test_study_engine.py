@@ -24,12 +24,14 @@ from ablate.study.budget import (
     drive,
     enqueue_seeds,
     prune_hook,
+    queued,
     waiting,
+    within_budget,
 )
 from ablate.study.config import MATCHED, StudyConfig, parse_arms
 from ablate.study.matching import check_match, config_of, matched_rank, pin_best, scaled
 from ablate.study.sampling import make_sampler, reseeder
-from ablate.study.storage import INTERRUPTED, fail_orphans, interrupted, no_lock
+from ablate.study.storage import INTERRUPTED, SURPLUS, fail_orphans, interrupted, no_lock
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DIMS = Dims(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128, context=256)
@@ -105,6 +107,40 @@ def test_two_workers_and_a_resume_never_draw_the_same_configuration():
     same = [new_study(sampler="random") for _ in range(2)]
     firsts = [sample(s.ask(), SPACE) for s in same]
     assert firsts[0] == firsts[1]
+
+
+def _stale_once(more):
+    """``more`` that says yes once whatever the storage holds: what a worker sees when its lock's
+    connection died and another worker asked meanwhile (the CI failure of issue 9's drop test)."""
+    calls = []
+    return lambda study: not calls.append(1) if not calls else more(study)
+
+
+@pytest.mark.parametrize(
+    "kind, taken, claim",
+    [  # search: the other worker's ask filled the budget; replication: it took the last seed
+        ("search", 3, within_budget(3)),
+        ("replicate", 1, queued),
+    ],
+)
+def test_an_ask_past_the_work_is_surplus_and_not_run(kind, taken, claim):
+    study = new_study(name="t/lora" + ("/replicate" if kind == "replicate" else ""))
+    if kind == "replicate":
+        enqueue_seeds(study, [1])
+    for _ in range(taken):
+        study.ask()  # another worker's trials, RUNNING
+    more = budget_left(3) if kind == "search" else waiting
+    ran = []
+    job = Job(_stale_once(more), lambda t: t.suggest_int("seed", 1, 3), lambda t, s: ran.append(s) or Done(1.0))
+    job.claim = claim
+    assert drive(study, job, no_lock) == 0 and ran == []
+    extra = study.trials[-1]
+    assert (extra.number, extra.state, extra.user_attrs["reason"]) == (taken, TrialState.FAIL, SURPLUS)
+    assert extra.number in interrupted(study) and len(counted(study)) == taken
+    # without the race, a trial within the work is claimed and run
+    if kind == "search":
+        assert drive(new_study(name="t/fresh"), Job(budget_left(2), lambda t: 0, lambda t, s: Done(1.0),
+                                                    claim=within_budget(2)), no_lock) == 2  # fmt: skip
 
 
 def test_tpe_startup_is_a_fraction_of_the_budget():

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from ablate.errors import ConfigError
 from ablate.signals import protected
-from ablate.study.storage import INTERRUPTED, WORKER, heartbeat, interrupted
+from ablate.study.storage import INTERRUPTED, SURPLUS, WORKER, heartbeat, interrupted
 
 T = TypeVar("T")
 Lock = Callable[[str], Any]
@@ -89,6 +89,10 @@ class Job(Generic[T]):
     work: Callable[[Any, T], Done]  # outside the lock: run it
     before_ask: Callable[[Any], None] | None = None  # under the lock: e.g. re-seed the sampler
     report: Callable[[Any, str, float], None] | None = None  # progress line: (trial, text, seconds)
+    # right after ask: is this trial within the work? The storage lock serialises asks only while
+    # its connection lives; one dropped mid-ask lets two workers ask at once. A trial that is not
+    # ours to run is failed as surplus before any work (optimistic, checked against trial numbers).
+    claim: Callable[[Any, Any], bool] | None = None
 
 
 def drive(study: Any, job: Job[Any], lock: Lock, reap: Callable[[Any], Any] | None = None) -> int:
@@ -115,6 +119,10 @@ def drive(study: Any, job: Job[Any], lock: Lock, reap: Callable[[Any], Any] | No
                         # beating from the ask on: a worker killed at any later point is found
                         beating.enter_context(heartbeat(study, trial))
                         trial.set_user_attr("worker", WORKER)
+                        if job.claim is not None and not job.claim(study, trial):
+                            trial.set_user_attr("reason", SURPLUS)
+                            study.tell(trial, state=TrialState.FAIL)
+                            continue
                     prepared = job.prepare(trial)
                 except BaseException:
                     if trial is not None:
@@ -181,6 +189,25 @@ def budget_left(n_trials: int) -> Callable[[Any], bool]:
         return len(counted(study)) < n_trials
 
     return more
+
+
+def within_budget(n_trials: int) -> Callable[[Any, Any], bool]:
+    """``claim`` for a search: fewer than ``n_trials`` trials with lower numbers use the budget or
+    wait to (a lost trial's retry). Trial numbers only grow, so a trial kept here is never pushed
+    past the budget by a later ask, and of two asked at once past it, the later one is dropped."""
+
+    def claim(study: Any, trial: Any) -> bool:
+        lost = interrupted(study)
+        ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.number not in lost]
+        return len(ahead) < n_trials
+
+    return claim
+
+
+def queued(study: Any, trial: Any) -> bool:
+    """``claim`` for replication: the trial is an enqueued seed, not one Optuna created because
+    another worker had just taken the last seed (it would draw a seed at random)."""
+    return "fixed_params" in study._storage.get_trial(trial._trial_id).system_attrs
 
 
 def waiting(study: Any) -> bool:

@@ -32,7 +32,9 @@ from ablate.study.budget import (
     drive,
     enqueue_seeds,
     prune_hook,
+    queued,
     waiting,
+    within_budget,
 )
 from ablate.study.config import MATCHED, Arm, StudyConfig, combination_arms, parse_arms
 from ablate.study.matching import best_of, check_match, matched_rank, pin_best, scaled
@@ -278,7 +280,8 @@ class StudyRunner:
             self.echo(progress.line(arm.name, "trial", trial.number + 1, self.spec.n_trials, text, took))
 
         worker = "" if self.lock.shared else WORKER
-        job = Job(budget_left(self.spec.n_trials), prepare, work, reseeder(self.spec, dists, worker), report)
+        n = self.spec.n_trials
+        job = Job(budget_left(n), prepare, work, reseeder(self.spec, dists, worker), report, within_budget(n))
         return drive(study, job, self.lock, self.reaper)
 
     def replicate_arm(
@@ -341,7 +344,7 @@ class StudyRunner:
             self.echo(progress.line(arm.name, phase, int(trial.params["seed"]), self.spec.seeds, text, took))
 
         while True:
-            drive(reps, Job(waiting, prepare, work, None, report), self.lock, self.reaper)
+            drive(reps, Job(waiting, prepare, work, None, report, queued), self.lock, self.reaper)
             self.wait_for_running([reps])  # another worker may still run a seed of this arm
             if not waiting(reps):  # ... or died running it: its retry waits, so run it here
                 break

@@ -38,6 +38,9 @@ from ablate.errors import ConfigError, redact, require
 # orphan check reads. ABLATE_WORKER overrides it (a container's name; tests posing as another host).
 WORKER = os.environ.get("ABLATE_WORKER") or f"{socket.gethostname()}:{os.getpid()}"
 INTERRUPTED = "interrupted"
+# A trial asked past the budget while the storage lock was lost (its connection died mid-ask, so
+# two workers asked at once): failed at once, before any work, and not counted.
+SURPLUS = "surplus"
 
 
 def check_storage(url: str) -> None:
@@ -413,10 +416,12 @@ def no_lock(name: str) -> Iterator[None]:
 
 
 def interrupted(study: Any) -> set[int]:
-    """Trial numbers that were interrupted (their budget is given back)."""
+    """Trial numbers that were interrupted or surplus (their budget is given back)."""
     numbers = set(study.user_attrs.get("interrupted_trials") or [])
     return numbers | {
-        t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("reason") == INTERRUPTED
+        t.number
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("reason") in (INTERRUPTED, SURPLUS)
     }
 
 

@@ -131,7 +131,9 @@ def test_an_ask_past_the_work_is_surplus_and_not_run(kind, taken, claim):
         study.ask()  # another worker's trials, RUNNING
     more = budget_left(3) if kind == "search" else waiting
     ran = []
-    job = Job(_stale_once(more), lambda t: t.suggest_int("seed", 1, 3), lambda t, s: ran.append(s) or Done(1.0))
+    job = Job(
+        _stale_once(more), lambda t: t.suggest_int("seed", 1, 3), lambda t, s: ran.append(s) or Done(1.0)
+    )
     job.claim = claim
     assert drive(study, job, no_lock) == 0 and ran == []
     extra = study.trials[-1]

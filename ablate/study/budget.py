@@ -198,7 +198,9 @@ def within_budget(n_trials: int) -> Callable[[Any, Any], bool]:
 
     def claim(study: Any, trial: Any) -> bool:
         lost = interrupted(study)
-        ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.number not in lost]
+        ahead = [
+            t for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.number not in lost
+        ]
         return len(ahead) < n_trials
 
     return claim

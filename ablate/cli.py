@@ -9,16 +9,26 @@ traceback. Heavy imports happen inside the commands, so ``--help`` is fast.
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ablate.errors import ConfigError
+from ablate.schema import (
+    COMPONENTS,
+    Config,
+    ExportConfig,
+    StudyConfig,
+    TrackingConfig,
+    TrialConfig,
+)
+from ablate.study.plan import make_plan
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-COMMANDS = ("train", "study", "report", "worker", "export")
+COMMANDS = ("train", "study", "report", "worker", "export")  # ablate.help.COMMANDS describes each
 EXPORT_KEYS = ("arm", "seed", "out", "merge", "overwrite")  # `ablate export arm=X` means export.arm=X
 DEFAULT_ARM = ("lora", "adapter")
 _OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[\w.@/-]+)=(?P<value>.*)$")
@@ -64,9 +74,9 @@ def _expand(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _components() -> list[str]:
-    """The component options of conf/peft (its presets left out: they only select components)."""
-    return [n for n in _options("peft") if _expand([n]) == (n,)]
+def _presets() -> list[str]:
+    """The presets of conf/peft (``mam``: files that select components and fix their fields)."""
+    return [n for n in _options("peft") if n not in COMPONENTS]
 
 
 def _parse_arm(names: list[str]) -> tuple[str, ...]:
@@ -75,7 +85,8 @@ def _parse_arm(names: list[str]) -> tuple[str, ...]:
         raise ConfigError("peft", "", "select at least one component, e.g. peft=lora+adapter")
     for name in names:
         if name not in known:
-            raise ConfigError("peft", name, f"unknown component (known: {', '.join(_components())})")
+            reason = f"unknown component (known: {', '.join(COMPONENTS)}; presets: {', '.join(_presets())})"
+            raise ConfigError("peft", name, reason)
     if len(set(_expand(names))) != len(_expand(names)):
         raise ConfigError("peft", "+".join(names), "a component is listed twice")
     return tuple(names)
@@ -123,17 +134,19 @@ def normalize_overrides(args: list[str]) -> list[str]:
     return out
 
 
-def precompose(args: list[str]) -> None:
+def precompose(args: list[str]) -> dict[str, Any] | None:
     """Compose once before Hydra does, so that Hydra's own refusals (an unknown key, an override
     it cannot parse) are one line naming the key and value with exit code 2, not Hydra's multi-line
-    message with exit code 1. Flags (``--cfg``, ``-m`` sweeps) are left to Hydra."""
+    message with exit code 1; returns the composed config as plain values. Flags (``--cfg``, ``-m``
+    sweeps) are left to Hydra."""
     if any(a.startswith("-") for a in args):
-        return
+        return None
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            compose("config", overrides=args)
+            return OmegaConf.to_container(compose("config", overrides=args), resolve=True)  # type: ignore[return-value]
     except Exception as exc:  # noqa: BLE001 - any composition failure comes from the arguments
         text = " ".join(f"{exc} {exc.__cause__ or ''}".split())
 
@@ -149,9 +162,74 @@ def precompose(args: list[str]) -> None:
                 if not m:
                     raise ConfigError(key, arg.partition("=")[2], "cannot be parsed") from None
                 unknown = "not in struct" in text or "Could not override" in text or "not found" in text
-                reason = "unknown key (add a new one with +KEY=VALUE)" if unknown else "cannot be parsed"
+                reason = _unknown_key(key, args) if unknown else "cannot be parsed"
                 raise ConfigError(key, m["value"] if m else "", reason) from None
         raise ConfigError("arguments", " ".join(args), text[:200]) from None
+
+
+def _unknown_key(key: str, args: list[str]) -> str:
+    """``unknown key (did you mean train.steps?)``: the closest key of the config that the
+    arguments' group selections compose."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    groups = {*_groups(), "peft", "study"}
+    chosen = [a for a in args if (m := _OVERRIDE.match(a)) and m["key"] in groups]
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = OmegaConf.to_container(compose("config", overrides=chosen))
+    except Exception:  # noqa: BLE001 - no suggestion then
+        cfg = {}
+    known = list(flat_keys(cfg))  # type: ignore[arg-type]
+    parent = key.rpartition(".")[0]
+    siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+    if siblings:  # a misspelt field of a known group
+        close = [
+            f"{parent}.{c}" if parent else c
+            for c in difflib.get_close_matches(key.rpartition(".")[2], siblings, 1)
+        ]
+    else:  # a misspelt group
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key (did you mean {close[0]}?; add a new one with +KEY=VALUE)"
+    where = f"{parent} has" if parent else "known"
+    return f"unknown key ({where}: {', '.join(siblings)}; add a new one with +KEY=VALUE)"
+
+
+def flat_keys(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    for k, v in data.items():
+        yield f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from flat_keys(v, f"{prefix}{k}.")
+
+
+def validate(command: str, cfg: dict[str, Any], args: list[str]) -> None:
+    """Every check the command would make of its config, made now, before torch is imported: the
+    schema's (types, ranges, choices, cross-field rules), and for a study its whole plan (arms,
+    search spaces, each arm's trial config)."""
+    Config.from_dict(cfg)  # workers, heartbeat
+    if command == "train":
+        TrialConfig.from_dict(cfg)
+    elif command in ("study", "worker"):
+        make_plan(cfg, args)
+    else:
+        StudyConfig.from_dict(cfg.get("study"))
+    if command == "export":
+        ExportConfig.from_dict(cfg.get("export"))
+        TrackingConfig.from_dict(cfg.get("tracking"))
+
+
+def print_help(command: str | None, args: list[str]) -> None:
+    """``ablate [COMMAND] --help``: with the values the other arguments compose (as far as they do)."""
+    from ablate.help import render
+
+    if not any(a.split("=", 1)[0].lstrip("+~") == "peft" for a in args):
+        args = ["peft=[" + ",".join(COMPONENTS) + "]", *args]  # every component's fields, as composed
+    try:
+        composed = precompose(normalize_overrides(args))
+    except ConfigError:
+        composed = None
+    print(render(command, CONF, composed))
 
 
 def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -183,20 +261,29 @@ def _task(command: str) -> Callable[[Any], Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in COMMANDS:
+    explicit = bool(args) and args[0] in COMMANDS
+    if explicit:
         command = args.pop(0)
     else:
         command = "study" if any(a.split("=", 1)[0] == "study" for a in args) else "train"
     if command == "export":
         args = [f"export.{a}" if a.split("=", 1)[0] in EXPORT_KEYS else a for a in args]
+    if "--help" in args or "-h" in args:
+        print_help(
+            command if explicit or command == "study" else None,
+            [a for a in args if a not in ("--help", "-h")],
+        )
+        return
     if command != "train" and not any(a.split("=", 1)[0].lstrip("+~") == "peft" for a in args):
         # A study's arms pick their components; every component's fixed fields must be composed.
-        args = ["peft=[" + ",".join(_components()) + "]", *args]
+        args = ["peft=[" + ",".join(COMPONENTS) + "]", *args]
     try:
         if command != "train" and not any(a.split("=", 1)[0] == "study" for a in args):
             raise ConfigError("study", None, f"ablate {command} needs a study, e.g. study=lora_vs_adapter")
         args = normalize_overrides(args)
-        precompose(args)
+        composed = precompose(args)
+        if composed is not None:
+            validate(command, composed, args)
         task = _task(command)
     except ConfigError as err:
         print(err.one_line(), file=sys.stderr)

@@ -19,12 +19,13 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
 
 def train_command(cfg: DictConfig) -> dict[str, float]:
     """``ablate train``: one trial of one arm, recorded as one MLflow run."""
-    from ablate.config import TrialConfig
     from ablate.data import load_splits
     from ablate.models import load_base
     from ablate.preflight import check_tracking, limit_mlflow_retries
     from ablate.run import prepare_data, run_trial
+    from ablate.schema import TrialConfig
     from ablate.tracking import make_tracker
+    from ablate.train import NonFiniteLoss
 
     trial = TrialConfig.from_dict(plain(cfg))
     check_tracking(trial.tracking.backend, trial.tracking.uri)  # unreachable: one line, within seconds
@@ -33,7 +34,15 @@ def train_command(cfg: DictConfig) -> dict[str, float]:
     base = load_base(trial.model, trial.quant)
     data = prepare_data(trial.data, base.tokenizer)
     tracker = make_tracker(trial.tracking)
-    outcome = run_trial(trial, base, data, tracker, tags={"phase": "train"})
+    try:
+        outcome = run_trial(trial, base, data, tracker, tags={"phase": "train"})
+    except NonFiniteLoss as exc:  # an outcome of the configuration, not a crash: no traceback
+        print(
+            f"training stopped: {exc}; the run is recorded with state=pruned "
+            "(try a lower learning rate, or train.precision=fp32)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     print(summary(trial.arm_name, trial.quant.method, outcome.metrics, outcome.run_id, trial.tracking.uri))
     return outcome.metrics
 
@@ -71,10 +80,11 @@ def _overrides() -> list[str]:
 
 def study_command(cfg: DictConfig) -> dict[str, Any]:
     """``ablate study=NAME``: search every arm, match, replicate, report; resumable."""
+    from ablate.schema import Config
     from ablate.study import StudyRunner
-    from ablate.study.workers import WorkersFailed, check_workers, run_workers
+    from ablate.study.workers import WorkersFailed, run_workers
 
-    workers = check_workers(cfg.get("workers", 1))
+    workers = Config.from_dict(plain(cfg)).workers
     runner = StudyRunner(plain(cfg), _overrides())
     if workers == 1:
         result = runner.run()
@@ -143,8 +153,8 @@ def report_command(cfg: DictConfig) -> str:
 
 def export_command(cfg: DictConfig) -> str:
     """``ablate export study=NAME [arm=ARM] [seed=S] out=DIR``: the arm's trained components, usable elsewhere."""
-    from ablate.config import TrackingConfig
-    from ablate.export import ExportConfig, export
+    from ablate.export import export
+    from ablate.schema import ExportConfig, TrackingConfig
     from ablate.study import StudyConfig, check_storage
 
     p = plain(cfg)

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablate.errors import ConfigError, redact, require
+from ablate.errors import ConfigError, redact
+from ablate.schema import ExportConfig
 
 EXPORT_FILE = "ablate.json"
 FORMAT = "ablate-export/1"
@@ -39,28 +40,6 @@ N_CHECK = 8  # validation items the round trip is checked on
 #: beyond float noise (relative to the logits' scale) means the export is wrong, so it is refused
 TOLERANCE = 1e-4
 ARCH_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-
-
-@dataclass
-class ExportConfig:
-    arm: str | None = None  # None: the winner
-    seed: int | None = None  # None: the best replicate seed by validation
-    out: str | None = None
-    merge: bool = False
-    overwrite: bool = False
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ExportConfig:
-        for key, value in data.items():
-            require(key in cls.__dataclass_fields__, key, value, "unknown export option")
-        cfg = cls(**data)
-        require(cfg.arm is None or isinstance(cfg.arm, str), "arm", cfg.arm, "an arm name, e.g. lora+adapter")
-        ok_seed = cfg.seed is None or (isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool))
-        require(ok_seed, "seed", cfg.seed, "must be an integer (a replicate seed)")
-        require(bool(cfg.out), "out", cfg.out, "where to write, e.g. out=exports/winner")
-        for key in ("merge", "overwrite"):
-            require(isinstance(getattr(cfg, key), bool), key, getattr(cfg, key), "must be true or false")
-        return cfg
 
 
 @dataclass
@@ -279,9 +258,9 @@ def _write(
     import torch
 
     from ablate import components
-    from ablate.components.quant import QuantConfig
     from ablate.data import DataConfig, encode, load_splits, make_batches
-    from ablate.models import ModelConfig, load_base
+    from ablate.models import load_base
+    from ablate.schema import ModelConfig, QuantConfig
 
     model_cfg = ModelConfig.from_dict(trial["model"])
     base = load_base(model_cfg, QuantConfig.from_dict(trial["quant"]))

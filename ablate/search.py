@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from ablate.components import CONFIGS
 from ablate.errors import ConfigError, require
+from ablate.schema import CONFIGS
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def parse_space(
             dropped.add(f"{comp}.{moot}")
     for comp in components:
         entries = search.get(comp) or {}
-        types = {f.name: f.default for f in fields(CONFIGS[comp])}
+        types = {n: f.default for n, f in CONFIGS[comp].model_fields.items()}
         for fname, spec in entries.items():
             key = f"search.{comp}.{fname}"
             require(fname in types, key, spec, f"{comp} has no field {fname} (fields: {', '.join(types)})")

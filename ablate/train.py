@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from ablate.components import Stack
-from ablate.errors import ConfigError, require
 from ablate.metrics import forward_logits, token_loss_sum
+from ablate.schema import TrainConfig
 
 Batch = dict[str, torch.Tensor]
 
@@ -44,104 +44,6 @@ class NonFiniteLoss(RuntimeError):
     def __init__(self, step: int, what: str, value: float) -> None:
         self.step = step
         super().__init__(f"nonfinite_loss at step {step}: {what}={value}")
-
-
-@dataclass
-class FaultConfig:
-    """Fault injection (tests, drills); everything off by default."""
-
-    nan_at_step: int | None = None  # the loss becomes NaN at this optimizer step
-    oom_at_step: int | None = None  # torch.cuda.OutOfMemoryError at this step ...
-    oom_times: int = 1  # ... in this many attempts in a row (2: the half-batch retry fails too)
-    # search trial numbers (of every arm) that get the faults; None: all runs. A mapping gives each
-    # its own: {0: {oom_at_step: 2}, 3: {nan_at_step: 1}} (fields above, over the ones set above)
-    trials: list[int] | dict[int, dict[str, Any]] | None = None
-
-    @classmethod
-    def from_dict(cls, data: Any) -> FaultConfig:
-        if data is None:
-            return cls()
-        require(isinstance(data, dict), "train.fault", data, "a mapping, e.g. {nan_at_step: 3}")
-        for key, value in data.items():
-            require(key in cls.__dataclass_fields__, f"train.fault.{key}", value, "unknown field")
-        cfg = cls(**data)
-        for key in ("nan_at_step", "oom_at_step"):
-            value = getattr(cfg, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ConfigError(f"train.fault.{key}", value, "must be a step >= 1 or null")
-        if not isinstance(cfg.oom_times, int) or isinstance(cfg.oom_times, bool) or cfg.oom_times < 0:
-            raise ConfigError("train.fault.oom_times", cfg.oom_times, "must be an integer >= 0")
-        if isinstance(cfg.trials, dict):
-            per = {}
-            for number, fields in cfg.trials.items():
-                number = int(number) if isinstance(number, str) and number.isdigit() else number
-                ok = isinstance(number, int) and not isinstance(number, bool) and number >= 0
-                require(ok, "train.fault.trials", cfg.trials, "trial numbers >= 0 as keys")
-                require(
-                    isinstance(fields, dict) and "trials" not in fields,
-                    f"train.fault.trials.{number}",
-                    fields,
-                    "a mapping of fault fields, e.g. {oom_at_step: 2}",
-                )
-                per[number] = dict(fields)
-                cls.from_dict({**data, "trials": None, **fields})  # each trial's faults are valid
-            cfg.trials = per
-        elif cfg.trials is not None:
-            ok = isinstance(cfg.trials, list) and all(
-                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in cfg.trials
-            )
-            require(ok, "train.fault.trials", cfg.trials, "a list of trial numbers >= 0, or null")
-        return cfg
-
-    def for_trial(self, number: int | None) -> FaultConfig:
-        """The faults of search trial ``number`` (None: a replicate run, which ``trials`` never names)."""
-        if self.trials is None:
-            return self
-        if number is None or number not in self.trials:
-            return FaultConfig()
-        if isinstance(self.trials, dict):
-            base = {k: getattr(self, k) for k in ("nan_at_step", "oom_at_step", "oom_times")}
-            return FaultConfig(**{**base, **self.trials[number]})
-        return FaultConfig(self.nan_at_step, self.oom_at_step, self.oom_times)
-
-    @property
-    def active(self) -> bool:
-        return self.nan_at_step is not None or (self.oom_at_step is not None and self.oom_times > 0)
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 200  # optimizer steps
-    batch_size: int = 8  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    warmup_ratio: float = 0.1  # share of steps with linear warmup before cosine decay
-    max_grad_norm: float = 1.0  # clip the global norm; 0 disables
-    eval_every: int = 50  # steps between validation evaluations (the pruning hook)
-    eval_batch_size: int = 32
-    precision: str = "auto"  # auto: bf16 autocast on GPUs and CPUs with native bf16, else fp32
-    seed: int = 0
-    progress: bool = True  # tqdm step bar on stderr
-    fault: FaultConfig = field(default_factory=FaultConfig)  # fault injection, off by default
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = cls.__dataclass_fields__
-        for key, value in data.items():
-            require(key in known, f"train.{key}", value, f"unknown field (known: {', '.join(known)})")
-        cfg = cls(**{**data, "fault": FaultConfig.from_dict(data.get("fault"))})
-        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size"):
-            value = getattr(cfg, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"train.{name}", value, "must be an integer > 0")
-        require(0 <= cfg.warmup_ratio < 1, "train.warmup_ratio", cfg.warmup_ratio, "must be in [0, 1)")
-        require(cfg.max_grad_norm >= 0, "train.max_grad_norm", cfg.max_grad_norm, "must be >= 0")
-        require(
-            cfg.precision in ("auto", "fp32", "bf16"),
-            "train.precision",
-            cfg.precision,
-            "must be auto, fp32 or bf16",
-        )
-        return cfg
 
 
 @dataclass

@@ -50,11 +50,14 @@ import throughput as tp  # noqa: E402
 
 from ablate.components import attach  # noqa: E402
 from ablate.components.lora import LoraConfig  # noqa: E402
-from ablate.components.quant import QuantConfig  # noqa: E402
 from ablate.data import make_batches  # noqa: E402
 from ablate.models import load_base, weight_bytes  # noqa: E402
 from ablate.run import PeakMemory, seed_everything  # noqa: E402
-from ablate.train import TrainConfig, train  # noqa: E402
+from ablate.schema import (
+    QuantConfig,  # noqa: E402
+    TrainConfig,
+)
+from ablate.train import train  # noqa: E402
 
 #: Dense bf16 tensor-core peaks from the vendors' datasheets (SXM parts, no sparsity), TFLOP/s.
 DATASHEET_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}

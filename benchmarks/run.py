@@ -46,7 +46,8 @@ from ablate.components import attach, build_configs  # noqa: E402
 from ablate.data import Encoded, make_batches  # noqa: E402
 from ablate.models import load_base  # noqa: E402
 from ablate.run import PeakMemory, seed_everything  # noqa: E402
-from ablate.train import TrainConfig, train  # noqa: E402
+from ablate.schema import TrainConfig
+from ablate.train import train  # noqa: E402
 
 CPU = torch.device("cpu")
 ARMS = ("lora", "lora+adapter", "lora+prefix", "lora+prompt")

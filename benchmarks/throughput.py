@@ -63,13 +63,13 @@ from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArgume
 
 from ablate.components import Stack, attach
 from ablate.components.lora import LoraConfig as AblateLoraConfig
-from ablate.components.quant import QuantConfig
 from ablate.data import DataConfig, Encoded, EncodedList, Example, encode, load_splits, make_batches
 from ablate.data.tokenize import collate
 from ablate.metrics import evaluate
-from ablate.models import Base, ModelConfig, load_base, resolve
+from ablate.models import Base, load_base, resolve
 from ablate.run import PeakMemory, seed_everything
-from ablate.train import TrainConfig, autocast_for, train
+from ablate.schema import ModelConfig, QuantConfig, TrainConfig
+from ablate.train import autocast_for, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("ablate", "peft+Trainer", "peft+Trainer+gbl")

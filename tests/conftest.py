@@ -17,8 +17,8 @@ def _cache(tmp_path_factory):
 
 
 def load_tiny(quant: str = "none"):
-    from ablate.components.quant import QuantConfig
-    from ablate.models import ModelConfig, load_base
+    from ablate.models import load_base
+    from ablate.schema import ModelConfig, QuantConfig
 
     model_cfg = ModelConfig.from_dict(
         {

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ablate.cli import main
+from ablate.schema import COMPONENTS
 
 TINY = ["model=tiny", "budget=smoke"]
 
@@ -85,6 +86,37 @@ def test_list_spelling_selects_the_same_arm(workdir, capsys):
 
 # Bad input (one line, exit 2, nothing written): the table in tests/test_bad_inputs.py.
 
+_PROBE = """
+import sys
+from ablate.cli import main
+try:
+    main(sys.argv[1:])
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+print("torch imported:", "torch" in sys.modules, "transformers imported:", "transformers" in sys.modules)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    "args,code",
+    [
+        (["train", "model=tiny", "train.steps=-5"], 2),
+        (["train", "peft.lora.targets=bogus"], 2),
+        (["study=lora_vs_adapter", "study.n_trials=0"], 2),
+        (["study=lora_vs_adapter", "search.adapter.width.high=0"], 2),
+        (["study=lora_vs_adapter", "--cfg", "job"], 0),
+    ],
+)
+def test_a_refused_value_or_cfg_job_never_imports_torch(workdir, args, code):
+    """The schema validates the whole config (a study's whole plan) before anything heavy loads."""
+    done = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, cwd=workdir)
+    assert done.returncode == code, done.stderr
+    assert "torch imported: False transformers imported: False" in done.stdout, done.stdout
+    if code == 2:
+        assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
+
 
 def test_real_process_exit_code_and_cfg_job(workdir):
     """As a user runs it: a separate process, exit code 2, stderr one line; --cfg job composes."""
@@ -95,10 +127,8 @@ def test_real_process_exit_code_and_cfg_job(workdir):
         cwd=workdir,
     )
     assert bad.returncode == 2
-    assert (
-        bad.stderr.strip().splitlines()[-1]
-        == "error: peft='bogus': unknown component (known: adapter, lora, prefix, prompt)"
-    )
+    known = f"known: {', '.join(COMPONENTS)}; presets: mam, unipelt"  # the registry's order
+    assert bad.stderr.strip().splitlines()[-1] == f"error: peft='bogus': unknown component ({known})"
     shown = subprocess.run(
         [sys.executable, "-m", "ablate.cli", "train", "peft=lora+prompt", "--cfg", "job"],
         capture_output=True,

@@ -16,7 +16,8 @@ from ablate.components import arm_name, attach, build_configs, expected_params
 from ablate.data import encode, make_batches
 from ablate.data.tasks import generate_splits
 from ablate.metrics import evaluate, forward_logits
-from ablate.train import TrainConfig, train
+from ablate.schema import TrainConfig
+from ablate.train import train
 from tests.conftest import load_tiny
 
 NAMES = tuple(components.REGISTRY)
@@ -236,7 +237,8 @@ def test_nf4_input_gradients_match_dequantised_weights():
     """
     import bitsandbytes as bnb
 
-    from ablate.components.quant import QuantConfig, prepare
+    from ablate.components.quant import prepare
+    from ablate.schema import QuantConfig
 
     torch.manual_seed(0)
     weight = torch.randn(128, 64)

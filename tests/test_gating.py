@@ -190,8 +190,8 @@ def test_lora_gate_with_dora_is_a_config_error():
 def test_a_trial_records_the_trained_gates(tiny_bases):
     """``ablate train peft=unipelt``: the run's metrics hold gate/<component>/<layer> for each gated
     component and layer, from the trained model (moved off the 0.5 every gate starts at)."""
-    from ablate.config import TrialConfig
     from ablate.run import prepare_data, run_trial
+    from ablate.schema import TrialConfig
     from ablate.tracking import Tracker
 
     args = normalize_overrides(["peft=unipelt", "model=tiny", "budget=smoke", "tracking=none"])

@@ -11,7 +11,8 @@ from ablate.components import attach, build_configs
 from ablate.data import encode, make_batches
 from ablate.data.tasks import generate_splits
 from ablate.metrics import evaluate
-from ablate.train import TrainConfig, autocast_for, train
+from ablate.schema import TrainConfig
+from ablate.train import autocast_for, train
 
 
 @pytest.mark.parametrize(
@@ -76,7 +77,8 @@ def test_gradients_cross_a_4bit_layer_after_a_bf16_evaluation():
     ``quant.prepare`` keeps it off, and that must hold under bf16 autocast too."""
     import bitsandbytes as bnb
 
-    from ablate.components.quant import QuantConfig, prepare
+    from ablate.components.quant import prepare
+    from ablate.schema import QuantConfig
 
     torch.manual_seed(0)
     layer = bnb.nn.Linear4bit(64, 128, bias=False, compute_dtype=torch.float32, quant_type="nf4")
@@ -120,8 +122,8 @@ TINY_LINEARS = [64 * 64, 64 * 32, 64 * 32, 64 * 64, 64 * 128, 64 * 128, 128 * 64
 def test_weight_bytes_match_the_closed_form(quant, compute, dtype, linear_bytes, other_dtype):
     """``weight_bytes`` counts 4-bit weights with their block scales; a 4-bit base keeps its other
     weights (embeddings, norms) in its compute dtype, bf16 included (``prepare`` must not upcast)."""
-    from ablate.components.quant import QuantConfig
-    from ablate.models import ModelConfig, load_base, weight_bytes
+    from ablate.models import load_base, weight_bytes
+    from ablate.schema import ModelConfig, QuantConfig
 
     cfg = ModelConfig.from_dict({"source": "tiny", "name_or_path": "tiny", "dtype": dtype})
     base = load_base(
@@ -144,8 +146,8 @@ def test_weight_bytes_match_the_closed_form(quant, compute, dtype, linear_bytes,
 def test_a_4bit_base_with_bf16_weights_trains_like_one_with_fp32_weights():
     """Keeping the frozen embeddings and norms of a 4-bit base in bf16 (half their memory) leaves
     bf16 training where it was with fp32 copies: same curve within bf16 noise."""
-    from ablate.components.quant import QuantConfig
-    from ablate.models import ModelConfig, load_base
+    from ablate.models import load_base
+    from ablate.schema import ModelConfig, QuantConfig
 
     curves = {}
     for compute in ("float32", "bfloat16"):
@@ -177,7 +179,7 @@ def test_a_4bit_base_with_bf16_weights_trains_like_one_with_fp32_weights():
 def test_an_fp32_run_gets_an_fp32_4bit_base(precision, compute, expected):
     """``quant.compute_dtype: auto`` follows the hardware (bf16 where native), unless the run asks
     for fp32 training: then the 4-bit base computes, and keeps its other weights, in fp32 too."""
-    from ablate.config import TrialConfig
+    from ablate.schema import TrialConfig
     from tests.test_study import composed
 
     cfg = composed(

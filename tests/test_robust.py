@@ -16,8 +16,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from ablate.schema import Heartbeat
 from ablate.study.budget import Done, Job, budget_left, counted, drive, enqueue_seeds, waiting
-from ablate.study.storage import Heartbeat, Reaper, StorageLock, interrupted, open_storage
+from ablate.study.storage import Reaper, StorageLock, interrupted, open_storage
 from tests.test_cli import run_cli
 from tests.test_study import storage_studies
 
@@ -67,6 +68,34 @@ def mlflow_run_running(mlflow_db: Path, **tags: str) -> bool:
             return db.execute(query, values).fetchone()[0] > 0
     except sqlite3.Error:  # tables being created, or locked by a writer for more than 5 s
         return False
+
+
+def test_train_with_a_nan_loss_stops_with_one_line_and_records_the_run_pruned(workdir, capsys):
+    code, _, err = run_cli(
+        ["train", "model=tiny", "budget=smoke", "peft=lora", "train.fault.nan_at_step=2"], capsys
+    )
+    assert code == 1 and "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1].startswith("training stopped: nonfinite_loss at step 2: train_loss=nan")
+    )
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("ablate-train").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["state"] == "pruned"
+
+
+def test_hf_token_never_reaches_mlflow_storage_reports_or_output(workdir, capsys, monkeypatch):
+    """A study with HF_TOKEN set (as on a machine logged in to the hub): the token appears in no
+    file the study wrote (mlflow.db, artifacts, studies/, reports/) and not in its output."""
+    token = "hf_" + os.urandom(12).hex()
+    monkeypatch.setenv("HF_TOKEN", token)
+    code, out, err = run_cli([*ONE_ARM, "study.name=secret", "study.n_trials=2", "study.report=true"], capsys)
+    assert code == 0, err
+    assert token not in out + err
+    written = [p for p in workdir.rglob("*") if p.is_file()]
+    assert any(p.name == "report.md" for p in written) and any(p.name == "mlflow.db" for p in written)
+    assert [p for p in written if token.encode() in p.read_bytes()] == []
 
 
 def test_nan_and_out_of_memory_in_one_study_and_the_study_goes_on(workdir, capsys):

@@ -115,11 +115,11 @@ def test_four_local_workers_on_the_default_storage_match_one_worker(workdir, cap
     print(f"\nwall time, same budget: 4 workers {four_s:.1f}s (process), 1 worker {one_s:.1f}s (in-process)")
 
 
-def _read_all(procs):
-    """Drain every worker's output in a thread (a full pipe would block it); ``outs[k]`` at exit."""
-    outs: dict[int, str] = {}
+def _read_all(procs, outs=None, first=0):
+    """Drain every worker's output in a thread (a full pipe would block it); ``outs[first + k]`` at exit."""
+    outs = {} if outs is None else outs
     readers = [
-        threading.Thread(target=lambda k=k, p=p: outs.__setitem__(k, p.stdout.read()))
+        threading.Thread(target=lambda k=k, p=p: outs.__setitem__(first + k, p.stdout.read()))
         for k, p in enumerate(procs)
     ]
     for r in readers:
@@ -178,10 +178,11 @@ def test_four_workers_on_postgres_survive_a_kill_9(workdir, postgres_url):  # no
     args = [sys.executable, "-m", "ablate.cli", "worker", *SMALL, "study.name=kill", f"study.storage={url}"]
     args += ["train.steps=40", "train.eval_every=20", "heartbeat.interval_s=1", "heartbeat.grace_s=3"]
     victim = f"elsewhere-{uuid.uuid4().hex[:6]}:1"
-    # the victim's trials are long (it is killed during its first one, once that has an MLflow run);
-    # its retry, on another worker, has the others' 40 steps
-    procs = [
-        subprocess.Popen(
+
+    def start(k: int) -> subprocess.Popen:
+        # the victim's trials are long (it is killed during its first one, once that has an MLflow
+        # run); its retry, on another worker, has the others' 40 steps
+        return subprocess.Popen(
             [a.replace("steps=40", "steps=4000") for a in args] if k == 0 else args,
             cwd=workdir,
             env=_env(**({"ABLATE_WORKER": victim} if k == 0 else {})),
@@ -189,8 +190,10 @@ def test_four_workers_on_postgres_survive_a_kill_9(workdir, postgres_url):  # no
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for k in range(4)
-    ]
+
+    # the victim first, alone until it is mid-trial: started together, the others could take every
+    # trial before the victim (slower to start on a loaded machine) asks for one
+    procs = [start(0)]
     outs, readers = _read_all(procs)
     deadline, seen = time.monotonic() + 300, {}
     while time.monotonic() < deadline and not _victim_mid_trial(
@@ -198,6 +201,10 @@ def test_four_workers_on_postgres_survive_a_kill_9(workdir, postgres_url):  # no
     ):
         time.sleep(0.2)
     assert procs[0].poll() is None, "the victim finished before it could be killed"
+    others = [start(k) for k in range(1, 4)]
+    readers += _read_all(others, outs, first=1)[1]
+    procs += others
+    time.sleep(2)  # the others open the study and start their work beside the running victim
     os.kill(procs[0].pid, signal.SIGKILL)
     codes = _wait_all(procs, readers, outs, 400)
     assert codes[0] == -signal.SIGKILL and codes[1:] == [0, 0, 0], [outs[k][-2000:] for k in range(4)]
@@ -238,9 +245,7 @@ def test_two_workers_survive_dropped_database_connections(workdir, postgres_url)
     url = postgres_url
     db = url.rsplit("/", 1)[1]
     args = [sys.executable, "-m", "ablate.cli", "worker", *SMALL, "study.name=drop", f"study.storage={url}"]
-    # no report: it is read-only and rebuilt at will (``ablate report``); while every connection is
-    # dropped each 1.5 s it cannot finish (it opens a fresh storage per study it reads)
-    args += ["tracking=none", "study.report=false", "train.steps=20", "train.eval_every=10"]
+    args += ["tracking=none", "train.steps=20", "train.eval_every=10"]
     procs = [
         subprocess.Popen(
             args, cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -262,4 +267,6 @@ def test_two_workers_survive_dropped_database_connections(workdir, postgres_url)
     assert [p.returncode for p in procs] == [0, 0], [outs[k][-3000:] for k in range(2)]
     assert dropped >= 2  # connections really were dropped while they worked
     check_shared_budget(storage_studies(url), "drop", 4, 2)
-    print(f"\n{dropped} connections dropped; both workers finished the budget")
+    # the report too: it reads the storage over the same dropped connections
+    assert set(pd.read_csv(workdir / "reports/drop/summary.csv")["arm"]) == set(ARMS)
+    print(f"\n{dropped} connections dropped; both workers finished the budget and wrote the report")

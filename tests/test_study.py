@@ -231,8 +231,8 @@ def test_pruning_cuts_the_steps_spent(workdir, capsys):
 
 def test_trials_sharing_a_base_do_not_leak(tiny_bases):
     """Trial A, then B, then A again on the same loaded base: A's numbers are identical."""
-    from ablate.config import TrialConfig
     from ablate.run import prepare_data, run_trial
+    from ablate.schema import TrialConfig
     from ablate.tracking import Tracker
 
     cfg = composed("model=tiny", "budget=smoke", "tracking=none")

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from ablate.components import lora
 from ablate.components._arch import Dims
 from ablate.errors import ConfigError
+from ablate.schema import StudyConfig
 from ablate.search import Dist, sample
 from ablate.study.budget import (
     Done,
@@ -28,7 +29,7 @@ from ablate.study.budget import (
     waiting,
     within_budget,
 )
-from ablate.study.config import MATCHED, StudyConfig, parse_arms
+from ablate.study.config import MATCHED, parse_arms
 from ablate.study.matching import check_match, config_of, matched_rank, pin_best, scaled
 from ablate.study.sampling import make_sampler, reseeder
 from ablate.study.storage import INTERRUPTED, SURPLUS, fail_orphans, interrupted, no_lock

@@ -9,8 +9,9 @@ import weakref
 import pytest
 from optuna.trial import TrialState
 
+from ablate.schema import StudyConfig
 from ablate.study.bench import Bench
-from ablate.study.config import StudyConfig, parse_arms
+from ablate.study.config import parse_arms
 from tests.test_cli import run_cli
 from tests.test_study import SMOKE, composed, storage_studies
 

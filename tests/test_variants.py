@@ -11,11 +11,11 @@ from omegaconf import OmegaConf
 
 from ablate.cli import CONF, normalize_overrides
 from ablate.components import build_configs, expected_params
-from ablate.config import TrialConfig
 from ablate.errors import ConfigError
+from ablate.schema import StudyConfig, TrialConfig
 from ablate.search import parse_space
 from ablate.study.bench import Bench
-from ablate.study.config import StudyConfig, parse_arms
+from ablate.study.config import parse_arms
 from tests.test_cli import run_cli
 from tests.test_study import SMOKE, composed, storage_studies
 

@@ -1,11 +1,12 @@
-"""PEFT components: one module each, registered here in one line.
+"""PEFT components: one module each, named in the schema's component list.
 
-The registry order is the canonical order: it spells arm names
-(``lora+adapter+prefix+prompt``) and the order components attach in.
+That list's order (``ablate.schema.peft.COMPONENTS``) is the canonical order: it spells
+arm names (``lora+adapter+prefix+prompt``) and the order components attach in.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
@@ -13,42 +14,22 @@ from typing import Any
 
 from torch import nn
 
-from ablate.components import adapter, lora, prefix, prompt
 from ablate.components._arch import Dims, dims
-from ablate.components.base import Attached, ComponentConfig, check_context
-from ablate.errors import ConfigError
+from ablate.components.base import Attached
+from ablate.schema.peft import (
+    COMPONENTS,
+    CONFIGS,
+    CONTEXT_USERS,
+    ComponentConfig,
+    arm_name,
+    build_configs,
+    check_context,
+    parse_arm,
+)
 
-REGISTRY: dict[str, ModuleType] = {"lora": lora, "adapter": adapter, "prefix": prefix, "prompt": prompt}
-CONFIGS: dict[str, type[ComponentConfig]] = {
-    "lora": lora.LoraConfig,
-    "adapter": adapter.AdapterConfig,
-    "prefix": prefix.PrefixConfig,
-    "prompt": prompt.PromptConfig,
-}
-CONTEXT_USERS = ("prefix", "prompt")  # components whose length competes with the data for context
-
-
-def parse_arm(spec: str | list[str] | tuple[str, ...], key: str = "peft") -> tuple[str, ...]:
-    """``lora+adapter`` or ``[adapter, lora]`` -> ('lora', 'adapter') in canonical order."""
-    names = spec.split("+") if isinstance(spec, str) else [str(s) for s in spec]
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        raise ConfigError(key, spec, "select at least one component")
-    for n in names:
-        if n not in REGISTRY:
-            raise ConfigError(key, n, f"unknown component (known: {', '.join(REGISTRY)})")
-    if len(set(names)) != len(names):
-        raise ConfigError(key, spec, "a component is listed twice")
-    return tuple(n for n in REGISTRY if n in names)
-
-
-def arm_name(names: tuple[str, ...] | list[str]) -> str:
-    return "+".join(n for n in REGISTRY if n in names)
-
-
-def build_configs(names: tuple[str, ...], fields: Mapping[str, Any]) -> dict[str, ComponentConfig]:
-    """Typed, validated configs for the selected components (fields: ``peft.<name>`` dicts)."""
-    return {n: CONFIGS[n].from_dict(fields.get(n)) for n in names}
+# The component list and its order are the schema's (``ablate.schema.peft.COMPONENTS``), which the
+# CLI reads without torch; each name's implementation is the module ``ablate.components.<name>``.
+REGISTRY: dict[str, ModuleType] = {n: importlib.import_module(f"ablate.components.{n}") for n in COMPONENTS}
 
 
 def expected_params(config, cfgs: Mapping[str, ComponentConfig]) -> dict[str, int]:
@@ -143,7 +124,9 @@ def attach(model: nn.Module, cfgs: Mapping[str, ComponentConfig], max_length: in
 
 
 __all__ = [
+    "COMPONENTS",
     "CONFIGS",
+    "CONTEXT_USERS",
     "REGISTRY",
     "Attached",
     "ComponentConfig",
@@ -151,6 +134,7 @@ __all__ = [
     "arm_name",
     "attach",
     "build_configs",
+    "check_context",
     "expected_params",
     "parse_arm",
 ]

@@ -10,9 +10,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
-
 
 @dataclass(frozen=True)
 class Dims:

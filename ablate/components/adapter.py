@@ -9,50 +9,16 @@ module of the base.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 from torch import nn
 
 from ablate.components import gate as gating
 from ablate.components._arch import Dims, decoder_layers, dims
-from ablate.components.base import Attached, ComponentConfig, trainable_fp32
-from ablate.errors import require
+from ablate.components.base import Attached, trainable_fp32
+from ablate.schema.peft import PLACEMENTS, AdapterConfig
 
-PLACEMENTS = {"houlsby": ("attn", "ffn"), "pfeiffer": ("ffn",), "attn": ("attn",), "ffn": ("ffn",)}
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 MODULE_NAME = "ablate_adapter"
-
-
-@dataclass
-class AdapterConfig(ComponentConfig):
-    name = "adapter"
-    width: int = 16  # bottleneck width w: 2*h*w + w + h params per site
-    width_ratio: float = (
-        0.0  # > 0: w = round(width_ratio * h) instead of width (MAM: 0.5, i.e. 512 at h=1024)
-    )
-    placement: str = "houlsby"  # houlsby = after attention and FFN; pfeiffer = after FFN only
-    mode: str = "serial"  # serial: f(out); parallel: f(sublayer input), added to out
-    activation: str = "relu"
-    scaling: float = 1.0  # multiplies the adapter output (He et al. use 4 for parallel)
-    dropout: float = 0.0
-    gate: bool = False  # UniPELT gate per site: output * sigmoid(W x + b) on the sublayer input, + h + 1
-    lr: float = 1e-3
-
-    #: a field that, when set (truthy), makes another one moot: a search space drops the moot one
-    SHADOWS: ClassVar[dict[str, str]] = {"width_ratio": "width"}
-
-    def validate(self) -> None:
-        super().validate()
-        self.positive("width")
-        require(
-            self.width_ratio >= 0, self.key("width_ratio"), self.width_ratio, "must be >= 0 (0: use width)"
-        )
-        self.positive("scaling")
-        self.one_of("placement", tuple(PLACEMENTS))
-        self.one_of("mode", ("serial", "parallel"))
-        self.one_of("activation", tuple(ACTIVATIONS))
 
 
 class Bottleneck(nn.Module):

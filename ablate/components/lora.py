@@ -9,69 +9,18 @@ when the base is 4-bit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from ablate.components import gate as gating
-from ablate.components._arch import ATTENTION, MLP, Dims, decoder_layers, layer_linear_names
-from ablate.components.base import Attached, ComponentConfig, trainable_fp32
-from ablate.errors import ConfigError, require
+from ablate.components._arch import Dims, decoder_layers, layer_linear_names
+from ablate.components.base import Attached, trainable_fp32
+from ablate.errors import ConfigError
+from ablate.schema.peft import LoraConfig
 
 ADAPTER_NAME = "ablate"
 GATE_NAME = "lora_gate"  # ModuleDict on each LoRA layer, keyed by ADAPTER_NAME like lora_A/lora_B
-TARGET_SETS = {"attention": ATTENTION, "mlp": MLP, "all-linear": ATTENTION + MLP}
-
-
-@dataclass
-class LoraConfig(ComponentConfig):
-    name = "lora"
-    r: int = 8  # rank; higher adds capacity and r*(d_in+d_out) params per matrix
-    alpha: float = 16.0  # update scale alpha/r (alpha/sqrt(r) with rslora)
-    dropout: float = 0.05
-    targets: str | list[str] = "attention"  # attention | mlp | all-linear | [q_proj, v_proj, ...]
-    rslora: bool = False  # rank-stabilised scaling (Kalajdzievski 2023)
-    dora: bool = False  # weight-decomposed LoRA (Liu et al. 2024): + d_out magnitudes per matrix
-    gate: bool = False  # UniPELT gate per target matrix: update * sigmoid(W x + b), + d_in + 1 params
-    lr: float = 2e-4
-
-    def validate(self) -> None:
-        super().validate()
-        self.positive("r")
-        self.positive("alpha")
-        require(0 <= self.dropout < 1, self.key("dropout"), self.dropout, "must be in [0, 1)")
-        if isinstance(self.targets, str):
-            require(
-                self.targets in TARGET_SETS,
-                self.key("targets"),
-                self.targets,
-                f"must be one of {', '.join(TARGET_SETS)} or a list of module names",
-            )
-        else:
-            require(len(self.targets) > 0, self.key("targets"), self.targets, "empty target list")
-        # DoRA's update goes through peft's variant path, which reads lora_B's weight, not its output
-        require(not (self.gate and self.dora), self.key("gate"), self.gate, "cannot be combined with dora")
-
-    def peft_config(self, **extra: Any) -> Any:
-        """The same LoRA as a ``peft.LoraConfig`` (attachment here, and PEFT directories on export)."""
-        import peft
-
-        return peft.LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_names()),
-            use_rslora=self.rslora,
-            use_dora=self.dora,
-            bias="none",
-            **extra,
-        )
-
-    def target_names(self) -> tuple[str, ...]:
-        if isinstance(self.targets, str):
-            return TARGET_SETS[self.targets]
-        return tuple(self.targets)
 
 
 def expected_params(dims: Dims, cfg: LoraConfig) -> int:

@@ -12,8 +12,6 @@ key/value head count; the attention mask gains P always-visible columns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import AttentionInterface
@@ -22,27 +20,11 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ablate.components import gate as gating
 from ablate.components._arch import Dims, decoder_layers, dims
-from ablate.components.base import Attached, ComponentConfig, trainable_fp32
+from ablate.components.base import Attached, trainable_fp32
+from ablate.schema.peft import PrefixConfig
 
 MODULE_NAME = "ablate_prefix"
 _PREFIX_IMPL = "ablate_prefix_"  # registered as ablate_prefix_<original implementation>
-
-
-@dataclass
-class PrefixConfig(ComponentConfig):
-    name = "prefix"
-    length: int = 16  # P virtual key/value positions per layer: 2*L*P*d_kv params
-    reparam: bool = False  # MLP reparameterisation (Li & Liang): stabler, more params while training
-    hidden: int = 128  # MLP hidden width when reparam is on
-    init_std: float = 0.02  # small prefixes barely perturb attention at the start
-    gate: bool = False  # UniPELT gate per layer: the prefix's attention share * sigmoid(W x + b), + h + 1
-    lr: float = 1e-2
-
-    def validate(self) -> None:
-        super().validate()
-        self.positive("length")
-        self.positive("hidden")
-        self.positive("init_std")
 
 
 class PrefixEncoder(nn.Module):

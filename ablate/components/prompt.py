@@ -10,30 +10,14 @@ own ``input_ids``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ablate.components._arch import Dims, dims
-from ablate.components.base import Attached, ComponentConfig, trainable_fp32
+from ablate.components.base import Attached, trainable_fp32
+from ablate.schema.peft import PromptConfig
 
 MODULE_NAME = "ablate_prompt"
-
-
-@dataclass
-class PromptConfig(ComponentConfig):
-    name = "prompt"
-    length: int = 16  # N virtual tokens: N*h params, N more positions per sequence
-    init: str = "vocab"  # vocab: copies of random real token embeddings (Lester et al.: better than random)
-    init_std: float = 0.02  # for init=random
-    lr: float = 1e-2
-
-    def validate(self) -> None:
-        super().validate()
-        self.positive("length")
-        self.one_of("init", ("vocab", "random"))
-        self.positive("init_std")
 
 
 class SoftPrompt(nn.Module):

@@ -8,70 +8,37 @@ trial's components attach on top of it.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ablate.errors import ConfigError, require
+from ablate.schema import QuantConfig
 
-METHODS = ("none", "nf4", "fp4", "int8")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
-class QuantConfig:
-    method: str = "none"
-    double_quant: bool = True  # QLoRA's nested quantisation of the scales: ~0.4 bit/param saved
-    compute_dtype: str = "auto"  # auto: bfloat16 where the device does bf16 natively (GPUs, AVX512_BF16/AMX)
+def compute_dtype(cfg: QuantConfig, device: torch.device) -> torch.dtype:
+    """The dtype a quantised base computes in: ``quant.compute_dtype``, or bf16 where native."""
+    chosen = DTYPES[cfg.compute_dtype]
+    if chosen is not None:
+        return chosen
+    return torch.bfloat16 if native_bf16(device) else torch.float32
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> QuantConfig:
-        data = dict(data or {})
-        unknown = set(data) - {"method", "double_quant", "compute_dtype"}
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ConfigError(f"quant.{key}", data[key], "unknown field")
-        cfg = cls(**data)
-        require(cfg.method in METHODS, "quant.method", cfg.method, f"must be one of {', '.join(METHODS)}")
-        require(
-            isinstance(cfg.double_quant, bool),
-            "quant.double_quant",
-            cfg.double_quant,
-            "must be true or false",
-        )
-        require(
-            cfg.compute_dtype in DTYPES,
-            "quant.compute_dtype",
-            cfg.compute_dtype,
-            f"must be one of {', '.join(DTYPES)}",
-        )
-        return cfg
 
-    @property
-    def enabled(self) -> bool:
-        return self.method != "none"
+def bnb_config(cfg: QuantConfig, device: torch.device) -> Any:
+    """The transformers ``BitsAndBytesConfig`` for this method (None when unquantised)."""
+    if not cfg.enabled:
+        return None
+    from transformers import BitsAndBytesConfig
 
-    def torch_compute_dtype(self, device: torch.device) -> torch.dtype:
-        chosen = DTYPES[self.compute_dtype]
-        if chosen is not None:
-            return chosen
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-
-    def bnb_config(self, device: torch.device):
-        """The transformers ``BitsAndBytesConfig`` for this method (None when unquantised)."""
-        if not self.enabled:
-            return None
-        from transformers import BitsAndBytesConfig
-
-        if self.method == "int8":
-            return BitsAndBytesConfig(load_in_8bit=True)
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=self.method,
-            bnb_4bit_use_double_quant=self.double_quant,
-            bnb_4bit_compute_dtype=self.torch_compute_dtype(device),
-        )
+    if cfg.method == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.method,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(cfg, device),
+    )
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -41,28 +41,33 @@ class StudyData:
     capacity: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CAPACITY_COLUMNS))
 
 
-def _check_storage(storage: str, study: str) -> None:
+def open_storage(url: str, study: str) -> Any:
+    """One storage object for everything the report reads: the study's retrying RDB storage
+    (``ablate.study.storage``), whose calls survive a dropped database connection. A URL handed to
+    each ``optuna.load_study`` would open a fresh, non-retrying storage (and engine) per study."""
+    from ablate.study.storage import open_storage as open_rdb
+
     # Optuna would silently create an empty SQLite file for a mistyped path: refuse instead.
-    if storage.startswith("sqlite:///"):
-        path = Path(storage.removeprefix("sqlite:///"))
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
         if not path.exists():
             raise ConfigError(
-                "study.storage", redact(storage), f"no such SQLite file; cannot read study {study!r}"
+                "study.storage", redact(url), f"no such SQLite file; cannot read study {study!r}"
             )
+    return open_rdb(url)
 
 
-def load_studies(study: str, storage: str) -> dict[str, optuna.Study]:
-    """The per-arm Optuna studies ``<study>/<arm>``, keyed by arm, in storage order."""
-    _check_storage(storage, study)
+def load_studies(study: str, storage: Any) -> dict[str, optuna.Study]:
+    """The per-arm Optuna studies ``<study>/<arm>`` of ``storage`` (``open_storage``), keyed by arm,
+    in storage order."""
     names = optuna.study.get_all_study_names(storage=storage)
     prefix = f"{study}/"
     # Arm names never contain "/": ``NAME/<arm>/replicate`` are the replication studies, not arms.
     arms = {n[len(prefix) :]: n for n in names if n.startswith(prefix) and "/" not in n[len(prefix) :]}
     if not arms:
         known = sorted({n.split("/", 1)[0] for n in names})
-        raise ConfigError(
-            "study", study, f"not in storage {redact(storage)} (studies there: {known or 'none'})"
-        )
+        url = redact(getattr(storage, "url", "?"))
+        raise ConfigError("study", study, f"not in storage {url} (studies there: {known or 'none'})")
     return {arm: optuna.load_study(study_name=name, storage=storage) for arm, name in arms.items()}
 
 
@@ -132,7 +137,7 @@ def replicates_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
     return df.sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
 
 
-def items_frame(study: str, storage: str, arms: list[str]) -> pd.DataFrame:
+def items_frame(study: str, storage: Any, arms: list[str]) -> pd.DataFrame:
     """Per-item outcomes of every replicate seed, as the study stored them on its replicate trials."""
     names = set(optuna.study.get_all_study_names(storage=storage))
     frames = []
@@ -253,8 +258,26 @@ def find_study_run(tracking_uri: str, study: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def mlflow_down(tracking_uri: str) -> str | None:
+    """Why a tracking server or database cannot be reached (None: it can, or the store is local),
+    found within seconds: every read of a server that is down would wait out MLflow's retries."""
+    from urllib.parse import urlsplit
+
+    from ablate.preflight import check_tracking
+
+    if urlsplit(tracking_uri).scheme.split("+")[0] not in ("http", "https", "postgresql", "mysql", "mssql"):
+        return None
+    try:
+        check_tracking("mlflow", tracking_uri)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def collect(study: str, storage: str, tracking_uri: str | None) -> StudyData:
-    studies = load_studies(study, storage)
+    """Everything the report reads: ``storage`` (a URL, opened once) and MLflow at ``tracking_uri``."""
+    store = open_storage(storage, study)
+    studies = load_studies(study, store)
     data = StudyData(
         name=study,
         arms=arms_frame(studies),
@@ -262,11 +285,13 @@ def collect(study: str, storage: str, tracking_uri: str | None) -> StudyData:
         replicates=replicates_frame(studies),
         studies=studies,
     )
-    data.items = items_frame(study, storage, list(studies))
+    data.items = items_frame(study, store, list(studies))
     data.interference = interference_frame(studies)
     data.capacity = capacity_frame(studies)
     if tracking_uri is None:
         data.curves_note = "No tracking URI given, so no learning curves (they live in MLflow)."
+    elif (why := mlflow_down(tracking_uri)) is not None:
+        data.curves_note = f"No learning curves: MLflow could not be reached ({why})."
     else:
         data.curves, data.curves_note = val_loss_curves(tracking_uri, study, data.replicates)
         data.grad_norms = grad_norm_curves(tracking_uri, data)

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ablate.schema import OBJECTIVES, PRUNERS, SAMPLERS, StudyConfig
 from ablate.study.budget import Pruned
-from ablate.study.config import MATCHED, OBJECTIVES, PRUNERS, SAMPLERS, Arm, StudyConfig, parse_arms
+from ablate.study.config import MATCHED, Arm, parse_arms
 from ablate.study.storage import check_storage, open_storage
 
 

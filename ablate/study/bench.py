@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ablate import components
-from ablate.config import TrialConfig
 from ablate.errors import ConfigError
+from ablate.schema import StudyConfig, TrialConfig
 from ablate.search import Dist
-from ablate.study.config import Arm, StudyConfig
+from ablate.study.config import Arm
 from ablate.study.matching import scaled
+from ablate.study.plan import arm_defaults, trial_config
 
 
 class Bench:
@@ -31,27 +32,12 @@ class Bench:
         self.splits: Any = None  # tokenized once; every arm uses the same data
 
     def defaults(self, arm: Arm) -> dict[str, dict[str, Any]]:
-        """The arm's component fields as composed (before any searched value), with a variant
-        arm's fixed fields on top."""
-        peft, fixed = self.plain.get("peft") or {}, arm.fixed_fields
-        return {c: {**(peft.get(c) or {}), **fixed.get(c, {})} for c in arm.components}
+        return arm_defaults(self.plain, arm)
 
     def config(
         self, arm: Arm, values: Mapping[str, Mapping[str, Any]], *, seed: int | None = None
     ) -> TrialConfig:
-        plain = copy.deepcopy(self.plain)
-        plain["peft"] = {c: {**f, **(values.get(c) or {})} for c, f in self.defaults(arm).items()}
-        quant = dict(plain.get("quant") or {})
-        if quant.get("method") != arm.quant:  # arm@quant: that method's usual settings (QLoRA: double quant)
-            quant["double_quant"] = arm.quant in ("nf4", "fp4")
-        plain["quant"] = {**quant, "method": arm.quant}
-        plain["train"] = dict(plain["train"])
-        if self.spec.train_steps:
-            plain["train"]["steps"] = self.spec.train_steps
-            plain["train"]["eval_every"] = min(plain["train"]["eval_every"], self.spec.train_steps)
-        if seed is not None:
-            plain["train"]["seed"] = seed
-        return TrialConfig.from_dict(plain)
+        return trial_config(self.plain, self.spec, arm, values, seed=seed)
 
     def base(self, trial: TrialConfig) -> Any:
         """This trial's base, loading it (and freeing any other) when its quantisation differs."""

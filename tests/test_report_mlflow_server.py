@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -31,28 +32,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_mlflow_server(
+    store_uri: str, port: int, cwd: Path, log: Any, log_path: Path, timeout: float, env: dict | None = None
+) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:``port`` over ``store_uri``, in its own process group (it forks
+    workers), once its /health answers."""
+    mlflow_bin = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
+    cmd = [*mlflow_bin.split(), "server", "--backend-store-uri", store_uri]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"mlflow server did not answer: {log_path.read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
 @contextlib.contextmanager
 def mlflow_server(store_uri: str, cwd: Path, log_path: Path) -> Iterator[str]:
     """``mlflow server`` on a free 127.0.0.1 port over ``store_uri``; yields its base URL."""
-    mlflow_bin = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
     port = _free_port()
-    cmd = [*mlflow_bin.split(), "server", "--backend-store-uri", store_uri]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     log = log_path.open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+    proc = start_mlflow_server(store_uri, port, cwd, log, log_path, STARTUP_TIMEOUT_S)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer: {log_path.read_text()[-2000:]}")
-            time.sleep(0.3)
         yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (it forks workers)

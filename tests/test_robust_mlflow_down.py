@@ -8,13 +8,11 @@ backend store; the study runs in its own process on model=tiny.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +22,8 @@ from optuna.trial import TrialState
 
 from ablate.errors import ConfigError
 from ablate.tracking import RECHECK_S, MlflowTracker, unreachable
-from tests.test_report_mlflow_server import _free_port
+from tests.test_report_mlflow_server import _free_port, start_mlflow_server
+from tests.test_robust import ONE_ARM
 from tests.test_study import storage_studies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,15 +32,10 @@ TAIL = ": runs are not recorded until it is back; trial outcomes stay in the stu
 BACK = "answers again: runs are recorded again"
 N_TRIALS = 8
 STUDY = [
-    "study=lora_vs_adapter",
-    "study.arms=[lora]",
-    "model=tiny",
-    "budget=smoke",
-    "study.matched=false",
-    "study.factorial=false",
+    *ONE_ARM,
+    "study.report=true",
     "study.name=down",
     f"study.n_trials={N_TRIALS}",
-    "study.seeds=1",
     "study.pruner=none",  # every trial completes with a value: the storage check below is exact
 ]
 # MLflow 3 starts a job runner with a handful of huey consumers beside the server (GenAI jobs);
@@ -111,30 +105,10 @@ class _Server:
         self.log = (workdir / "server.log").open("a")
 
     def start(self, timeout: float = 90) -> None:
-        mlflow_bin = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
-        cmd = [*mlflow_bin.split(), "server", "--backend-store-uri", f"sqlite:///{self.workdir}/mlflow.db"]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=self.workdir,
-            env={**os.environ, **QUIET},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the server forks its workers
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow server did not answer: {(self.workdir / 'server.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.2)
+        store = f"sqlite:///{self.workdir}/mlflow.db"
+        log_path = self.workdir / "server.log"
+        env = {**os.environ, **QUIET}
+        self.proc = start_mlflow_server(store, self.port, self.workdir, self.log, log_path, timeout, env)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

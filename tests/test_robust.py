@@ -304,12 +304,14 @@ def test_sigterm_mid_trial_kills_the_run_and_the_study_resumes(workdir, capsys):
     assert len(counted(study)) == 3 and sorted(study.user_attrs["replicates"]) == ["1"]
 
 
-def _lose_connection_after(monkeypatch, name: str, commit: bool, times: int = 1) -> list[int]:
-    """RDBStorage.<name> fails ``times`` times as on a connection the server dropped: after doing its
-    work (``commit``: the commit got through, only the answer was lost) or before it."""
+def _lose_connection_after(monkeypatch, name: str, commit: bool, times: int = 1, owner=None) -> list[int]:
+    """RDBStorage.<name> (or ``owner.<name>``) fails ``times`` times as on a connection the server
+    dropped: after doing its work (``commit``: the commit got through, only the answer was lost) or
+    before it."""
     import sqlalchemy
 
-    base = getattr(optuna.storages.RDBStorage, name)
+    owner = owner or optuna.storages.RDBStorage
+    base = getattr(owner, name)
     calls: list[int] = []
 
     def flaky(self, *args, **kwargs):
@@ -323,7 +325,7 @@ def _lose_connection_after(monkeypatch, name: str, commit: bool, times: int = 1)
             ) from dropped
         return base(self, *args, **kwargs)
 
-    monkeypatch.setattr(optuna.storages.RDBStorage, name, flaky)
+    monkeypatch.setattr(owner, name, flaky)
     monkeypatch.setattr("ablate.study.storage.RETRY_WAIT_S", (0.01, 0.01))
     return calls
 
@@ -357,3 +359,17 @@ def test_a_storage_write_whose_connection_died_is_retried_once_in_effect(commit,
     with pytest.raises(optuna.exceptions.StorageInternalError):  # bounded: it gives up in the end
         storage.get_all_trials(study._study_id)
     assert len(calls) == 8
+
+
+def test_opening_a_storage_whose_connection_dies_is_retried(tmp_path, monkeypatch):
+    """The storage's constructor reads the schema version over a connection that can die too (seen
+    in CI: the report opening its storage while PostgreSQL connections were being killed)."""
+    from optuna.storages._rdb.storage import _VersionManager
+
+    url = f"sqlite:///{tmp_path}/open.db"
+    open_storage(url)  # the tables exist: the next open only checks the schema
+    calls = _lose_connection_after(
+        monkeypatch, "check_table_schema_compatibility", False, owner=_VersionManager
+    )
+    storage = open_storage(url)
+    assert len(calls) == 2 and storage.get_all_studies() == []

@@ -108,15 +108,21 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None, reaper: Reaper | 
             "grace_period": heartbeat.grace_s,
             "heartbeat_stale_trial_callback": (reaper or Reaper(heartbeat.max_retry)).stale,
         }
-    for attempt in range(5):
-        try:
-            return retrying_storage_class()(url, engine_kwargs=engine_kwargs(url), **beat)
-        except sqlalchemy.exc.SQLAlchemyError:
-            # Workers starting together race to create Optuna's schema; the loser retries.
-            if attempt == 4:
-                raise
-            time.sleep(1 + attempt)
-    raise AssertionError("unreachable")
+
+    def build() -> Any:
+        for attempt in range(5):
+            try:
+                return retrying_storage_class()(url, engine_kwargs=engine_kwargs(url), **beat)
+            except sqlalchemy.exc.SQLAlchemyError:
+                # Workers starting together race to create Optuna's schema; the loser retries.
+                if attempt == 4:
+                    raise
+                time.sleep(1 + attempt)
+        raise AssertionError("unreachable")
+
+    # The constructor reads the schema version over a connection that can die too; Optuna wraps
+    # that in StorageInternalError, which the loop above does not see.
+    return retry_lost(build, "opening the storage")
 
 
 # A storage call whose database connection died (a restarted server, ``pg_terminate_backend``, "too

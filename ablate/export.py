@@ -85,7 +85,7 @@ def choose(study: str, storage: str, arm: str | None, seed: int | None, baseline
             arm = baseline
             why_arm = f"no arm beat the baseline {baseline} in the primary family, so the baseline"
     else:
-        why_arm = "chosen with arm="
+        why_arm = f"chosen with arm={arm}"
     reps = data.studies[arm].user_attrs.get("replicates") or {}
     if not reps:
         raise ConfigError("arm", arm, f"has no replicate seeds recorded in study {study} yet")
@@ -94,7 +94,7 @@ def choose(study: str, storage: str, arm: str | None, seed: int | None, baseline
             reps, data.arms.loc[arm, "objective"][0], data.arms.loc[arm, "directions"][0]
         )
     else:
-        seed_key, why_seed = str(seed), "chosen with seed="
+        seed_key, why_seed = str(seed), f"chosen with seed={seed}"
         if seed_key not in reps:
             raise ConfigError(
                 "seed", seed, f"arm {arm} has replicate seeds {', '.join(sorted(reps, key=int))}"

@@ -134,6 +134,17 @@ def run_trial(
             rec.log_dict(_plain(cfg), "config.yaml")
             if rec.run_id is not None:  # the splits this run reads, as MLflow dataset inputs
                 rec.log_datasets(dataset_inputs(cfg.data, data, ("train", "validation", eval_split)))
+            # A trial scored on the validation split (a search trial) reuses the validation pass
+            # train() runs at its last step instead of a second pass over the same batches.
+            reuse = eval_split == "validation"
+            last: dict[str, Any] = {}
+
+            def validate() -> dict[str, Any]:
+                stack.reset_gates()  # gated components: mean gate per layer over one evaluation alone
+                last.clear()
+                last.update(evaluate(model, val_batches, device, autocast, per_item=reuse))
+                return last
+
             started = time.perf_counter()
             with PeakMemory(device) as mem:
                 result = train(
@@ -142,12 +153,15 @@ def run_trial(
                     epoch_batches,
                     cfg.train,
                     device,
-                    evaluate=lambda: evaluate(model, val_batches, device, autocast),
+                    evaluate=validate,
                     on_log=lambda step, row: rec.log_metrics(row, step),
                     on_eval=on_eval,
                 )
-                stack.reset_gates()  # gated components: mean gate per layer over the final evaluation alone
-                final = evaluate(model, final_batches, device, autocast, per_item=True)
+                if reuse and last:  # train() returned, so its last validation pass was at its last step
+                    final = dict(last)
+                else:
+                    stack.reset_gates()
+                    final = evaluate(model, final_batches, device, autocast, per_item=True)
                 gate_means = stack.gate_metrics()
             metrics: dict[str, float] = {
                 f"{eval_split}_loss": final["loss"],

@@ -108,7 +108,7 @@ def train(
     cfg: TrainConfig,
     device: torch.device,
     *,
-    evaluate: Callable[[], dict[str, float]] | None = None,
+    evaluate: Callable[[], dict[str, Any]] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
@@ -170,7 +170,7 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{loss_total:.3f}")
             if evaluate and (step % cfg.eval_every == 0 or step == cfg.steps):
-                metrics = {f"val_{k}": v for k, v in evaluate().items() if k != "examples"}
+                metrics = {f"val_{k}": v for k, v in evaluate().items() if k not in ("examples", "items")}
                 metrics["step"] = step
                 result.evals.append(metrics)
                 if on_log:

@@ -252,6 +252,46 @@ def test_trials_sharing_a_base_do_not_leak(tiny_bases):
     assert base.model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize(("eval_split", "passes"), [("validation", 2), ("test", 3)])
+def test_a_search_trial_scores_its_last_validation_pass_once(tiny_bases, monkeypatch, eval_split, passes):
+    """6 steps, validation every 3: a trial scored on validation (search) makes exactly the two
+    validation passes of training and reports the last one; a test-scored trial adds one test pass."""
+    import ablate.run
+    from ablate.run import prepare_data, run_trial
+    from ablate.schema import TrialConfig
+    from ablate.tracking import Tracker
+
+    calls = []
+    real = ablate.run.evaluate
+
+    def counting(model, batches, *args, **kwargs):
+        out = real(model, batches, *args, **kwargs)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(ablate.run, "evaluate", counting)
+    cfg = composed("model=tiny", "budget=smoke", "tracking=none")
+    cfg["peft"] = {c: cfg["peft"][c] for c in ("lora", "adapter")}
+    cfg["train"].update(steps=6, eval_every=3)
+    cfg["eval"].update(knockout=False, zero_shot=False)
+    trial = TrialConfig.from_dict(cfg)
+    base = tiny_bases["none"]
+    outcome = run_trial(
+        trial, base, prepare_data(trial.data, base.tokenizer), Tracker(), eval_split=eval_split
+    )
+    assert len(calls) == passes
+    last = calls[-1]
+    assert (
+        outcome.metrics[f"{eval_split}_loss"] == last["loss"]
+        and outcome.metrics[f"{eval_split}_em"] == last["em"]
+    )
+    assert outcome.metrics["val_loss"] == calls[1]["loss"]
+    assert (
+        outcome.items["index"] == sorted(outcome.items["index"])
+        and len(outcome.items["index"]) == last["examples"]
+    )
+
+
 # Bad study input (one line, exit 2, nothing written): the table in tests/test_bad_inputs.py.
 
 

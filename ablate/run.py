@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ablate import components
+from ablate.components import Stack
 from ablate.data import DataConfig, EncodedList, encode, load_splits, make_batches, padding_fraction
 from ablate.metrics import evaluate
 from ablate.models import Base
@@ -94,6 +95,37 @@ class Outcome:
     items: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass
+class _Scorer:
+    """One trial's validation passes and its final, per-item evaluation on ``eval_split``.
+
+    A trial scored on the validation split (a search trial) reuses the validation pass train() ran
+    at its last step instead of a second pass over the same batches. Gate means are reset before
+    every pass, so the recorded ones describe exactly one evaluation.
+    """
+
+    model: torch.nn.Module
+    stack: Stack
+    device: torch.device
+    autocast: Callable[[], Any]
+    val_batches: list[dict[str, torch.Tensor]]
+    final_batches: list[dict[str, torch.Tensor]]
+    eval_split: str
+    last: dict[str, Any] | None = None
+
+    def validate(self) -> dict[str, Any]:
+        self.stack.reset_gates()
+        reuse = self.eval_split == "validation"
+        self.last = evaluate(self.model, self.val_batches, self.device, self.autocast, per_item=reuse)
+        return self.last
+
+    def final(self) -> dict[str, Any]:
+        if self.eval_split == "validation" and self.last is not None:
+            return self.last  # train() returned, so its last validation pass was at its last step
+        self.stack.reset_gates()
+        return evaluate(self.model, self.final_batches, self.device, self.autocast, per_item=True)
+
+
 def run_trial(
     cfg: TrialConfig,
     base: Base,
@@ -134,17 +166,7 @@ def run_trial(
             rec.log_dict(_plain(cfg), "config.yaml")
             if rec.run_id is not None:  # the splits this run reads, as MLflow dataset inputs
                 rec.log_datasets(dataset_inputs(cfg.data, data, ("train", "validation", eval_split)))
-            # A trial scored on the validation split (a search trial) reuses the validation pass
-            # train() runs at its last step instead of a second pass over the same batches.
-            reuse = eval_split == "validation"
-            last: dict[str, Any] = {}
-
-            def validate() -> dict[str, Any]:
-                stack.reset_gates()  # gated components: mean gate per layer over one evaluation alone
-                last.clear()
-                last.update(evaluate(model, val_batches, device, autocast, per_item=reuse))
-                return last
-
+            scorer = _Scorer(model, stack, device, autocast, val_batches, final_batches, eval_split)
             started = time.perf_counter()
             with PeakMemory(device) as mem:
                 result = train(
@@ -153,15 +175,11 @@ def run_trial(
                     epoch_batches,
                     cfg.train,
                     device,
-                    evaluate=validate,
+                    evaluate=scorer.validate,
                     on_log=lambda step, row: rec.log_metrics(row, step),
                     on_eval=on_eval,
                 )
-                if reuse and last:  # train() returned, so its last validation pass was at its last step
-                    final = dict(last)
-                else:
-                    stack.reset_gates()
-                    final = evaluate(model, final_batches, device, autocast, per_item=True)
+                final = scorer.final()
                 gate_means = stack.gate_metrics()
             metrics: dict[str, float] = {
                 f"{eval_split}_loss": final["loss"],

@@ -63,7 +63,7 @@ class Choice:
 
 def choose(study: str, storage: str, arm: str | None, seed: int | None, baseline: str = "lora") -> Choice:
     """Pick arm and seed from what the study recorded; a bad name or seed is a ``ConfigError``."""
-    from ablate.report import stats
+    from ablate import stats
     from ablate.report.collect import collect
     from ablate.report.summary import summarise
 
@@ -568,7 +568,7 @@ def model_card(
         "## Test metrics",
         "",
         "Exact match (EM) on the test split, in points; intervals are 95% CIs from the study's report "
-        "(two-way bootstrap over seeds and test items).",
+        "(a t interval on the crossed seeds x test items variance, ablate.stats).",
         "",
         "| metric | value |",
         "|---|---|",

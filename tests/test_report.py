@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from ablate.errors import ConfigError
-from ablate.report import build_report, stats
+from ablate import stats
+from ablate.report import build_report
 from ablate.report.collect import StudyData, collect
 from ablate.report.summary import summarise
 from tests.report_fixtures import (
@@ -65,9 +66,9 @@ def test_summary_numbers_match_recorded_items(report):
     s = pd.read_csv(report / "summary.csv").set_index("arm")
     assert list(s.index) == ["lora", *ARMS]
     for arm in ["lora", *ARMS]:
-        em = stats.interval(fixture_matrix(arm))
+        _, lo, hi = stats.interval(fixture_matrix(arm))
         assert s.loc[arm, "em_mean"] == pytest.approx(np.mean(TEST_EM[arm]))
-        assert (s.loc[arm, "em_lo"], s.loc[arm, "em_hi"]) == pytest.approx((em.lo, em.hi))
+        assert (s.loc[arm, "em_lo"], s.loc[arm, "em_hi"]) == pytest.approx((lo, hi))
         assert s.loc[arm, "em_lo"] < s.loc[arm, "em_mean"] < s.loc[arm, "em_hi"]
         assert s.loc[arm, "seeds"] == 3 and s.loc[arm, "items"] == N_ITEMS
         tp, step, mem, tok, wall = COSTS[arm]
@@ -175,8 +176,10 @@ def test_html_is_self_contained_with_every_figure(report):
     html = (report / "report.html").read_text()
     srcs = re.findall(r'<img[^>]*src="([^"]+)"', html)
     pngs = sorted((report / "figures").glob("*.png"))
-    # params, 3 histories, best-so-far, importance, curves, grad norms, overhead, knockout
-    assert len(srcs) == len(pngs) == 1 + 3 + 1 + 1 + 1 + 1 + 1 + 1
+    # forest, params, 3 histories, best-so-far, importance, curves, grad norms, overhead, knockout
+    assert len(srcs) == len(pngs) == 1 + 1 + 3 + 1 + 1 + 1 + 1 + 1 + 1
+    # the forest plot opens the report, above the verdict's words
+    assert html.index("forest plot") < html.index("<h2>Verdict</h2>")
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "lora+prefix: skipped (3 complete trial(s), fewer than 4)" in html
     assert "matched-lora has no complete search trials" in html
@@ -216,9 +219,9 @@ def test_one_seed_gives_an_item_interval_and_says_so(recorded, tmp_path):
         metric="em",
         sesoi=0.02,
     )
-    assert c.status == stats.ONE_SEED and c.lo < c.diff < c.hi
+    assert c.status == stats.TOO_FEW_SEEDS and c.lo < c.diff < c.hi and c.verdict == stats.INCONCLUSIVE
     assert f"{100 * c.diff:+.1f} EM (95% CI {100 * c.lo:+.1f}..{100 * c.hi:+.1f}" in verdict
-    assert "only one seed is present in both arms" in verdict
+    assert "NO VERDICT — 1 seed(s): too few to separate a better method from a lucky run" in verdict
     assert "No tracking URI given, so no learning curves" in md
     assert "nan" not in md.lower()
     trials = pd.read_csv(out / "trials.csv")  # the multi-objective arms: both objective values per trial
@@ -260,9 +263,9 @@ def test_synthetic_studies_get_the_verdict_their_truth_implies(tmp_path):
     # a noisy pair with 2 seeds and 40 items: inconclusive, with the seeds that would settle it
     base, arm = _bernoulli(p_item[:40], 2, rng), _bernoulli(p_item[:40] + 0.05, 2, rng)
     s, md = _synthetic(tmp_path, "noisy", arm, base)
-    assert s["delta_verdict"] == stats.INCONCLUSIVE
-    assert s["delta_seeds_needed"] > 2 or "raise data.n_test" in md
-    assert "INCONCLUSIVE — " in md
+    assert s["delta_verdict"] == stats.INCONCLUSIVE and s["delta_status"] == stats.TOO_FEW_SEEDS
+    assert np.isnan(s["delta_seeds_needed"])  # 2 seeds' variance is no basis for a number
+    assert "NO VERDICT — 2 seed(s): too few to separate a better method from a lucky run" in md
     # zero spread across seeds (every seed identical) still gets a non-zero interval from the items
     base = np.tile(_bernoulli(p_item, 1, rng), (3, 1))
     arm = np.tile(_bernoulli(p_item + 0.02, 1, rng), (3, 1))
@@ -283,10 +286,9 @@ def test_identical_arms_say_so_in_words():
     data = StudyData("same", arms, pd.DataFrame(columns=["arm", "number", "state"]), reps)
     s = summarise(data)
     c = s.comparisons["lora+adapter"]
-    assert c.status == stats.DEGENERATE and (c.lo, c.hi) == (0.0, 0.0)
+    assert c.status == stats.CEILING and (c.lo, c.hi) == (0.0, 0.0) and c.verdict == stats.INCONCLUSIVE
     line = next(v for v in s.verdict if v.startswith("lora+adapter"))
-    assert "no per-item records, so the interval covers seeds only" in line
-    assert "no sampling variation to estimate" in line
+    assert "NO VERDICT — both arms score 1 on every item: the task cannot tell them apart" in line
     assert "nan" not in " ".join(s.verdict).lower()
 
 
@@ -311,7 +313,9 @@ def test_interaction_is_the_item_level_contrast(tmp_path):
     d = mats["lora+adapter"] - mats["lora"] - mats["adapter"] + zero[None, :]
     assert it.single == "adapter" and it.zero_shot == "per item"
     assert it.diff == pytest.approx(d.mean())
-    assert (it.lo, it.hi) == pytest.approx((stats.two_way_bootstrap(d).lo, stats.two_way_bootstrap(d).hi))
+    assert (it.diff, it.lo, it.hi, it.p) == pytest.approx(stats.contrast(d))
+    vs = stats.compare(mats["lora+adapter"], mats["adapter"], metric="em", sesoi=0.02)
+    assert (it.vs_single.diff, it.vs_single.lo, it.vs_single.hi) == pytest.approx((vs.diff, vs.lo, vs.hi))
 
 
 def test_building_a_report_never_imports_torch(recorded, tmp_path):

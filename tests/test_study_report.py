@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablate.report import stats
+from ablate import stats
 from tests.test_cli import run_cli
 
 

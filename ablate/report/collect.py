@@ -17,6 +17,7 @@ import pandas as pd
 from ablate.errors import ConfigError, redact
 
 ITEM_COLUMNS = ["arm", "seed", "item", "correct", "loss"]
+FAILURE_COLUMNS = ["arm", "seed", "state", "reason"]
 CAPACITY_COLUMNS = ["arm", "level", "seed", "test_em", "trainable_params"]
 INTERFERENCE_COLUMNS = ["arm", "seed", "cos", "cos_mean", "norm_ratio", "n_matrices"]
 STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
@@ -37,6 +38,8 @@ class StudyData:
     items: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ITEM_COLUMNS))
     grad_norms: pd.DataFrame | None = None  # arm, seed, component, step, grad_norm (replicate runs)
     interference: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=INTERFERENCE_COLUMNS))
+    #: replicate seeds that diverged, went non-finite or failed and never completed: arm, seed, state, reason
+    failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILURE_COLUMNS))
     #: study.capacity_levels: arm, level, seed, test_em, trainable_params (level 1 = the replicates)
     capacity: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CAPACITY_COLUMNS))
 
@@ -157,6 +160,40 @@ def items_frame(study: str, storage: Any, arms: list[str]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=ITEM_COLUMNS)
     return pd.concat(frames, ignore_index=True).sort_values(["arm", "seed", "item"], kind="stable")
+
+
+def failures_frame(study: str, storage: Any, arms: list[str]) -> pd.DataFrame:
+    """Replicate seeds whose run failed or was pruned (non-finite loss, OOM after its retry, a
+    crash) and that no later run of the same seed completed. Interrupted runs (a signal, a lost
+    worker) are not the arm's fault and are left out: they are retried on resume."""
+    from optuna.trial import TrialState
+
+    from ablate.study.storage import interrupted
+
+    names = set(optuna.study.get_all_study_names(storage=storage))
+    rows = []
+    for arm in arms:
+        name = f"{study}/{arm}/replicate"
+        if name not in names:
+            continue
+        reps = optuna.load_study(study_name=name, storage=storage)
+        trials = reps.get_trials(deepcopy=False)
+        skip = interrupted(reps)
+
+        def seed_of(t: Any) -> int | None:
+            seed = t.params.get("seed", t.system_attrs.get("fixed_params", {}).get("seed"))
+            return None if seed is None else int(seed)
+
+        done = {seed_of(t) for t in trials if t.state == TrialState.COMPLETE}
+        bad = {}
+        for t in trials:
+            seed = seed_of(t)
+            gone = t.state in (TrialState.FAIL, TrialState.PRUNED) and t.number not in skip
+            if gone and seed is not None and seed not in done and t.user_attrs.get("reason"):
+                state = STATE_NAMES.get(t.state.name, "failed")
+                bad[seed] = {"arm": arm, "seed": seed, "state": state, "reason": str(t.user_attrs["reason"])}
+        rows += list(bad.values())
+    return pd.DataFrame(rows, columns=FAILURE_COLUMNS)
 
 
 def interference_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
@@ -286,6 +323,7 @@ def collect(study: str, storage: str, tracking_uri: str | None) -> StudyData:
         studies=studies,
     )
     data.items = items_frame(study, store, list(studies))
+    data.failures = failures_frame(study, store, list(studies))
     data.interference = interference_frame(studies)
     data.capacity = capacity_frame(studies)
     if tracking_uri is None:

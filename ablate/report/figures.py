@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ablate.report import stats  # noqa: E402
+from ablate import stats  # noqa: E402
 from ablate.report.collect import StudyData  # noqa: E402
 from ablate.report.summary import LATE_BEST, METRIC, Summary, search_curve  # noqa: E402
 
@@ -36,6 +37,7 @@ class Fig:
     title: str
     path: Path | None
     note: str = ""
+    top: bool = False  # shown first, above the verdict's words (the forest plot)
 
 
 def slug(name: str) -> str:
@@ -53,6 +55,63 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
+    """Indices of points not dominated when ``x`` (cost) is minimised and ``y`` (metric) maximised.
+
+    Sorted by increasing cost, a point is on the front when it beats every cheaper point.
+    """
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    order = np.lexsort((-ys, xs))
+    front, best = [], -math.inf
+    for i in order:
+        if ys[i] > best:
+            front.append(int(i))
+            best = ys[i]
+    return front
+
+
+def forest(s: Summary, out: Path) -> Fig:
+    """Every comparison's difference with its interval, the ±sesoi band shaded, the primary family
+    marked and the verdict beside each row: the picture to read first."""
+    title = "Every comparison at a glance (forest plot)"
+    rows = [(f"{a} vs {s.baseline}", c) for a, c in s.comparisons.items()]
+    rows += [(k, c) for k, c in s.secondary.items()]
+    rows += [(f"{a} vs {it.single} alone", it.vs_single) for a, it in s.interactions.items()]
+    rows = [(name, c) for name, c in rows if c.status != stats.NO_DATA and not math.isnan(c.diff)]
+    if not rows:
+        return Fig(title, None, "No comparison has replicate seeds in both arms yet.", top=True)
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
+    ax.axvspan(
+        -100 * s.sesoi,
+        100 * s.sesoi,
+        color="#cfe8cf",
+        alpha=0.7,
+        lw=0,
+        label=f"±sesoi ({100 * s.sesoi:.1f} EM)",
+    )
+    ax.axvline(0, color="grey", lw=1)
+    colour = {stats.BETTER: "#1a7f37", stats.WORSE: "#b42318", stats.EQUIVALENT: "#1f4e99"}
+    colour |= {stats.BETTER_SMALL: "#6aa87a", stats.WORSE_SMALL: "#c97a72"}
+    for y, (_, c) in enumerate(reversed(rows)):
+        lo, hi = 100 * c.lo, 100 * c.hi
+        col = colour.get(c.verdict, "#555555")
+        ax.plot([lo, hi], [y, y], color=col, lw=2.2 if c.primary else 1.4)
+        ax.plot([100 * c.lo90, 100 * c.hi90], [y, y], color=col, lw=5 if c.primary else 3.5, alpha=0.45)
+        ax.plot(100 * c.diff, y, "D" if c.primary else "o", color=col, mec="black", ms=7)
+        word = c.verdict if c.status in stats.DECIDABLE else f"no verdict: {c.status.replace('_', ' ')}"
+        if c.verdict == stats.INCONCLUSIVE and c.seeds_needed:
+            word += f" (~{c.seeds_needed} seeds)"
+        ax.annotate(word, (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8, color=col)
+    labels = [("★ " if c.primary else "") + name for name, c in reversed(rows)]
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xlabel("difference in test EM (points): thin line 95% CI (the test), thick 90% CI (equivalence)")
+    ax.set_title("★ / diamond: primary family (Holm-adjusted); circles: secondary, unadjusted", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(alpha=0.3, axis="x")
+    fig.subplots_adjust(right=0.75)
+    return Fig(title, _save(fig, out / "forest.png"), top=True)
 
 
 def metric_vs_params(data: StudyData, s: Summary, out: Path) -> Fig:
@@ -74,7 +133,7 @@ def metric_vs_params(data: StudyData, s: Summary, out: Path) -> Fig:
         if len(at):
             x, y = at["metrics.trainable_params"].to_numpy(), 100 * at["metrics.val_em"].to_numpy()
             ax.scatter(x, y, s=14, alpha=0.45, color=colors[arm])
-            front = sorted(stats.pareto_front(x, y), key=lambda i: x[i])
+            front = sorted(pareto_front(x, y), key=lambda i: x[i])
             ax.step(x[front], y[front], where="post", color=colors[arm], alpha=0.8, lw=1.2)
         r = s.numbers.loc[arm]
         if r["seeds"] > 0 and not math.isnan(r["trainable_params"]):
@@ -374,7 +433,7 @@ def gates(data: StudyData, s: Summary, out: Path) -> Fig | None:
 
 def all_figures(data: StudyData, s: Summary, out: Path) -> tuple[list[Fig], dict[str, dict[str, float]]]:
     imp, skipped = importances(data)
-    figs = [metric_vs_params(data, s, out), *optimisation_history(data, out)]
+    figs = [forest(s, out), metric_vs_params(data, s, out), *optimisation_history(data, out)]
     figs += [best_so_far(data, s, out), importance_figure(imp, skipped, out), learning_curves(data, s, out)]
     figs += [grad_norms(data, s, out), overhead(s, out), knockout(data, s, out)]
     figs += [f for f in (capacity(data, s, out), gates(data, s, out)) if f is not None]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablate import stats
 from ablate.report.figures import Fig
 from ablate.report.summary import Summary
 
@@ -41,12 +42,25 @@ def _header(s: Summary, study: str) -> str:
     return (
         f"Study `{study}`: {len(s.numbers)} arm(s) compared with the baseline `{s.baseline}`. "
         "EM is exact match on the test split in points (percent). Every comparison is paired by seed and "
-        "test item; 95% CIs and p-values come from a two-way bootstrap that resamples seeds and test items "
-        f"(10,000 resamples). The primary family (each LoRA arm vs `{s.baseline}`) is fixed by the design "
+        "test item; its 95% CI and p-value are a t interval on the crossed seeds x items variance "
+        "(two-way ANOVA moments, Satterthwaite degrees of freedom), which covers another training run as "
+        "well as another draw of test items; benchmarks/results/calibration.md measures how often it is "
+        f"wrong. The primary family (each LoRA arm vs `{s.baseline}`) is fixed by the design "
         f"and Holm-adjusted at alpha={s.alpha:g}; other comparisons are secondary and unadjusted. "
-        f'"Equivalent" needs a TOST within ±{100 * s.sesoi:.1f} EM (study.sesoi); otherwise a '
-        'non-significant result is "inconclusive", with the seeds that would settle it.'
+        f'"Equivalent" needs a TOST within ±{100 * s.sesoi:.1f} EM (study.sesoi; its 90% CI inside the '
+        'margin); a significant difference inside that margin is "better/worse, but within ±sesoi"; '
+        "otherwise the result is inconclusive, with the seeds that would likely settle it. No verdict is "
+        f"drawn from fewer than {stats.MIN_SEEDS} seeds, from records without per-item scores, or from arms "
+        "that agree on every item (both at the floor or the ceiling). A replicate seed that failed counts "
+        "against its arm (every item wrong)."
     )
+
+
+INTERFERENCE_CAVEAT = (
+    "Caveat: the baseline's LoRA was tuned alone and the combination's LoRA was tuned beside X, so their "
+    "rank, alpha and targets may differ; a difference here mixes those hyperparameters with interference "
+    "proper, and there is no seed-to-seed reference of LoRA against itself."
+)
 
 
 def _interference_table(s: Summary, data_interference: pd.DataFrame) -> pd.DataFrame:
@@ -75,7 +89,12 @@ INTERFERENCE_NOTE = (
 def markdown(
     study: str, s: Summary, table: pd.DataFrame, figs: list[Fig], imp: dict, out: Path, inter: pd.DataFrame
 ) -> str:
-    lines = [f"# Ablation report: {study}", "", _header(s, study), "", "## Verdict", ""]
+    lines = [f"# Ablation report: {study}", "", _header(s, study), ""]
+    for f in (f for f in figs if f.top):
+        lines += [f"## {f.title}", ""]
+        lines += [f"![{f.title}]({f.path.relative_to(out).as_posix()})", ""] if f.path is not None else []
+        lines += [f"_{f.note}_", ""] if f.note else []
+    lines += ["## Verdict", ""]
     lines += [f"- {v}" for v in s.verdict]
     if s.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in s.warnings]
@@ -86,13 +105,15 @@ def markdown(
             "",
             INTERFERENCE_NOTE,
             "",
+            INTERFERENCE_CAVEAT,
+            "",
             _md_table(_interference_table(s, inter)),
             "",
         ]
     if imp:
         lines += ["## Hyperparameter importance", "", _md_table(_importance_table(imp)), ""]
     lines += ["## Figures", ""]
-    for f in figs:
+    for f in (f for f in figs if not f.top):
         lines += [f"### {f.title}", ""]
         if f.path is not None:
             lines += [f"![{f.title}]({f.path.relative_to(out).as_posix()})", ""]
@@ -116,6 +137,13 @@ def html_page(
         f"<style>{CSS}</style></head><body>",
         f"<h1>Ablation report: {e(study)}</h1>",
         f"<p>{e(_header(s, study)).replace('`', '')}</p>",
+        *(
+            f"<h2>{e(f.title)}</h2>"
+            + (_img(f.path, f.title) if f.path is not None else "")
+            + (f"<p class='note'>{e(f.note)}</p>" if f.note else "")
+            for f in figs
+            if f.top
+        ),
         "<h2>Verdict</h2><ul id='verdict'>" + "".join(f"<li>{e(v)}</li>" for v in s.verdict) + "</ul>",
     ]
     if s.warnings:
@@ -123,7 +151,7 @@ def html_page(
     parts.append("<h2>Arms</h2>" + table.to_html(index=False, escape=True, table_id="arms", border=0))
     if len(inter):
         parts.append(
-            f"<h2>Do the methods interfere?</h2><p>{e(INTERFERENCE_NOTE)}</p>"
+            f"<h2>Do the methods interfere?</h2><p>{e(INTERFERENCE_NOTE)}</p><p>{e(INTERFERENCE_CAVEAT)}</p>"
             + _interference_table(s, inter).to_html(index=False, border=0)
         )
     if imp:
@@ -131,7 +159,7 @@ def html_page(
             "<h2>Hyperparameter importance</h2>" + _importance_table(imp).to_html(index=False, border=0)
         )
     parts.append("<h2>Figures</h2>")
-    for f in figs:
+    for f in (f for f in figs if not f.top):
         parts.append(f"<h3>{e(f.title)}</h3>")
         if f.path is not None:
             parts.append(_img(f.path, f.title))

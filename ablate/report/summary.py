@@ -4,7 +4,7 @@ Task metric: exact match on the test split, recorded per item as 0/1 and shown i
 points (x100), so "+2.1 EM" means 2.1 percentage points of exact matches.
 
 Every comparison is paired: the same replicate seed in both arms (same data order)
-and the same test items, resampled together by ``stats.two_way_bootstrap``. The
+and the same test items, through the crossed seeds x items t interval of ``ablate.stats``. The
 primary family is fixed by the study's design before any data is seen: every
 LoRA-containing arm that is not the baseline and not the parameter-matched control
 (i.e. each LoRA+X, or LoRA on another base), against the baseline, Holm-adjusted.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ablate.report import stats
+from ablate import stats
 from ablate.report.collect import StudyData
 
 METRIC, LOSS = "test_em", "test_loss"
@@ -39,21 +39,28 @@ LOSS_SESOI = 0.02  # nats of mean response loss; the loss comparison is reported
 LATE_BEST = (
     0.75  # an arm whose best search trial came in the last quarter of its budget may not have converged
 )
-VERDICT_ORDER = (stats.BETTER, stats.WORSE, stats.EQUIVALENT, stats.INCONCLUSIVE)
+VERDICT_ORDER = stats.VERDICTS
 
 
 @dataclass
 class Interaction:
-    """(LoRA+X) - LoRA - X + zero-shot on test EM, per item and seed, two-way bootstrapped."""
+    """Does LoRA+X beat X alone as well as LoRA alone? ``vs_single``: (LoRA+X) - X on test EM,
+    paired by seed and item (with the primary comparison against LoRA, "better than both" is an
+    intersection-union test: no multiplicity penalty). ``diff``/``lo``/``hi``/``p``: the additive
+    contrast (LoRA+X) - LoRA - X + zero-shot on the EM scale, kept for what it is: when zero-shot
+    EM sits at the floor (0), that term cannot go lower and the contrast is driven by the floor,
+    not by how the methods combine."""
 
     arm: str
     single: str
+    vs_single: stats.Comparison
     diff: float
     lo: float
     hi: float
     p: float
     n_seeds: int
     zero_shot: str  # "per item", "mean" or "none": how the zero-shot term entered
+    zero_shot_em: float = math.nan  # mean zero-shot EM (0: the additive contrast is floor-driven)
 
 
 @dataclass
@@ -141,16 +148,37 @@ def primary_family(arms: pd.DataFrame, baseline: str) -> list[str]:
 
 def matrix(data: StudyData, arm: str, col: str = "correct") -> pd.DataFrame:
     """Seeds x items of one arm (per-item records), or seeds x 1 of per-seed means when the
-    study recorded no items (older studies): the statistics then cover seeds only."""
-    it = data.items
-    if len(it) and (it["arm"] == arm).any():
-        return it[it["arm"] == arm].pivot(index="seed", columns="item", values=col).sort_index()
-    rep = data.replicates
+    study recorded no items (older studies: no verdict is drawn from those).
+
+    A replicate seed that failed (diverged, non-finite, crashed) counts against its arm: every
+    item of it is scored wrong (EM 0) and its loss is the worst loss any run of the study
+    recorded on that item. Dropping it from both arms would hide the instability and favour
+    the unstable arm."""
+    it, failed = data.items, failed_seeds(data, arm)
     metric = METRIC if col == "correct" else LOSS
+    if len(it):
+        own = it[it["arm"] == arm]
+        m = own.pivot(index="seed", columns="item", values=col) if len(own) else None
+        if m is None and not failed:
+            return pd.DataFrame({0: np.empty(0)})
+        if failed:
+            worst = it.groupby("item")[col].max()
+            m = m if m is not None else pd.DataFrame(columns=worst.index, dtype=float)
+            fill = pd.Series(0.0, index=m.columns) if col == "correct" else worst.reindex(m.columns)
+            for seed in failed:
+                if seed not in m.index:
+                    m.loc[seed] = fill
+        return m.sort_index()
+    rep = data.replicates
     if metric not in rep:
         return pd.DataFrame({0: np.empty(0)})
     rep = rep[rep["arm"] == arm].dropna(subset=[metric])
-    return pd.DataFrame({0: rep[metric].to_numpy(dtype=float)}, index=rep["seed"].to_numpy())
+    m = pd.DataFrame({0: rep[metric].to_numpy(dtype=float)}, index=rep["seed"].to_numpy())
+    for seed in failed:
+        if seed not in m.index:
+            worst = float(data.replicates[metric].max()) if col != "correct" else 0.0
+            m.loc[seed] = worst
+    return m.sort_index()
 
 
 def aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -170,8 +198,17 @@ def _compare(data: StudyData, arm: str, base: str, metric: str, sesoi: float, al
     return stats.compare(a, b, metric=metric, sesoi=sesoi, alpha=alpha)
 
 
-def interaction(data: StudyData, arm: str, baseline: str) -> Interaction | None:
-    """The LoRA x X interaction of a two-component arm whose X-alone arm is in the study."""
+def failed_seeds(data: StudyData, arm: str) -> list[int]:
+    """Replicate seeds of ``arm`` that diverged, went non-finite or failed, and never completed."""
+    f = data.failures
+    return sorted(int(x) for x in f.loc[f["arm"] == arm, "seed"]) if len(f) else []
+
+
+def interaction(
+    data: StudyData, arm: str, baseline: str, sesoi: float = 0.02, alpha: float = 0.05
+) -> Interaction | None:
+    """LoRA+X against X alone, and the additive contrast, for a two-component arm whose X-alone
+    arm is in the study."""
     comps = list(data.arms.loc[arm, "components"])
     if len(comps) != 2 or "lora" not in comps:
         return None
@@ -185,22 +222,27 @@ def interaction(data: StudyData, arm: str, baseline: str) -> Interaction | None:
     if len(seeds) == 0 or len(items) == 0:
         return None
     lx, lo, xo = (m.loc[seeds, items].to_numpy(dtype=float) for m in mats)
+    if np.isnan(lx).any() or np.isnan(lo).any() or np.isnan(xo).any():
+        return None
+    vs_single = stats.compare(lx, xo, metric="em", sesoi=sesoi, alpha=alpha)
     d = lx - lo - xo
-    how = "none"
+    how, zero_em = "none", math.nan
     it = data.items
     zs = it[(it["arm"] == baseline)] if "zero_shot_correct" in it else it.iloc[0:0]
     zs = zs.dropna(subset=["zero_shot_correct"]) if len(zs) else zs
     if len(zs):  # the bare base is deterministic: one seed's per-item zero-shot serves every seed
         first = zs[zs["seed"] == zs["seed"].min()].set_index("item")["zero_shot_correct"]
-        d = d + first.reindex(items).to_numpy(dtype=float)[None, :]
-        how = "per item"
+        zero = first.reindex(items).to_numpy(dtype=float)
+        d = d + zero[None, :]
+        how, zero_em = "per item", float(np.nanmean(zero))
     elif f"zero_shot/{METRIC}" in data.replicates and data.replicates[f"zero_shot/{METRIC}"].notna().any():
-        d = d + float(data.replicates[f"zero_shot/{METRIC}"].mean())
+        zero_em = float(data.replicates[f"zero_shot/{METRIC}"].mean())
+        d = d + zero_em
         how = "mean"
     if np.isnan(d).any():
         return None
-    bs = stats.two_way_bootstrap(d)
-    return Interaction(arm, single, bs.mean, bs.lo, bs.hi, bs.p, len(seeds), how)
+    mean, lo_, hi_, p = stats.contrast(d, confidence=1 - alpha)
+    return Interaction(arm, single, vs_single, mean, lo_, hi_, p, len(seeds), how, zero_em)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -215,7 +257,7 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
     for arm in order_arms(data.arms, baseline):
         rep = reps[reps["arm"] == arm]
         em, loss = matrix(data, arm), matrix(data, arm, "loss")
-        em_iv = stats.interval(em.dropna().to_numpy(dtype=float))
+        em_iv = stats.interval(em.dropna().to_numpy(dtype=float))  # (mean, lo, hi)
         loss_iv = stats.interval(loss.dropna().to_numpy(dtype=float))
         costs = {c: _mean(rep, c) for c in COSTS}
         row: dict[str, Any] = {
@@ -223,8 +265,9 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
             "best_config": arm_config(data.arms, arm),
             "seeds": len(em),
             "items": em.shape[1] if len(em) and em.shape[1] > 1 else 0,
-            **{f"em_{k}": getattr(em_iv, k) for k in ("mean", "lo", "hi")},
-            **{f"loss_{k}": getattr(loss_iv, k) for k in ("mean", "lo", "hi")},
+            "seeds_failed": len(failed_seeds(data, arm)),
+            **dict(zip(("em_mean", "em_lo", "em_hi"), em_iv, strict=True)),
+            **dict(zip(("loss_mean", "loss_lo", "loss_hi"), loss_iv, strict=True)),
             **costs,
             "params_ratio": _ratio(costs["trainable_params"], base_costs["trainable_params"]),
             "step_time_ratio": _ratio(costs["step_time_s"], base_costs["step_time_s"]),
@@ -238,11 +281,16 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
         for state in ("complete", "pruned", "failed"):
             row[f"trials_{state}"] = int((st == state).sum())
         rows.append(row)
-    comps = stats.holm_family(comps, primary, alpha)
+    comps = stats.holm_family(comps, primary)
     df = pd.DataFrame(rows).set_index("arm", drop=False)
-    fields = ("diff", "lo", "hi", "p", "p_adj", "p_seed", "hedges_g", "mde", "tost_p", "seeds_needed")
+    fields = ("diff", "lo", "hi", "lo90", "hi90", "p", "p_adj", "p_seed", "hedges_g", "mde", "tost_p")
+    fields += ("seeds_needed", "df")
     for col in (*fields, "status", "verdict"):
         df[f"delta_{col}"] = [getattr(comps[a], col) if a in comps else None for a in df.index]
+    for part in ("seed", "item", "resid"):
+        df[f"delta_var_{part}"] = [
+            getattr(comps[a].variance, part) if a in comps and comps[a].variance else None for a in df.index
+        ]
     for col in ("diff", "lo", "hi", "p"):
         df[f"loss_delta_{col}"] = [getattr(loss_comps[a], col) if a in loss_comps else None for a in df.index]
     inter = data.interference
@@ -313,41 +361,67 @@ def convergence_warnings(data: StudyData) -> list[str]:
 # --------------------------------------------------------------------------- words
 
 
+def _plan_text(c: stats.Comparison) -> str:
+    if c.more_items_needed:
+        return "more seeds alone would not settle it: the test set is too small (raise data.n_test)"
+    if c.seeds_needed is not None:
+        return f"would need about {c.seeds_needed} seeds"
+    return c.plan_note or ""
+
+
 def _verdict_word(c: stats.Comparison, sesoi: float) -> str:
+    margin = f"±{100 * sesoi:.1f} EM" if c.metric == "em" else f"±{sesoi:g}"
     if c.verdict == stats.EQUIVALENT:
-        return f"EQUIVALENT within ±{100 * sesoi:.1f} EM"
+        return f"EQUIVALENT within {margin}"
+    if c.verdict in (stats.BETTER_SMALL, stats.WORSE_SMALL):
+        word = "BETTER" if c.verdict == stats.BETTER_SMALL else "WORSE"
+        return f"{word}, BUT WITHIN {margin} (a real difference too small to matter)"
     if c.verdict == stats.INCONCLUSIVE:
         if c.status == stats.NO_DATA:
             return "INCONCLUSIVE (no replicate seeds in both arms yet)"
-        if c.more_items_needed:
-            return "INCONCLUSIVE — more seeds alone would not settle it: the test set is too small (raise data.n_test)"
-        if c.seeds_needed is None:
-            return f"INCONCLUSIVE — would need more than {stats.MAX_SEEDS:,} seeds"
-        return f"INCONCLUSIVE — would need about {c.seeds_needed} seeds"
+        if c.status not in stats.DECIDABLE:
+            return f"NO VERDICT — {c.note}"
+        plan = _plan_text(c)
+        return "INCONCLUSIVE" + (f" — {plan}" if plan else "")
     return c.verdict.upper()  # better / worse
+
+
+def variance_text(c: stats.Comparison) -> str:
+    """Where the uncertainty of the difference comes from: seeds, items, or their interaction."""
+    if c.variance is None or c.n_seeds < 2 or c.n_items < 2:
+        return ""
+    shares = c.variance.shares(c.n_seeds, c.n_items)
+    if any(math.isnan(x) for x in shares):
+        return ""
+    seed, item, resid = (round(100 * x) for x in shares)
+    return f"variance of the difference: {seed}% seeds, {item}% items, {resid}% seed x item"
 
 
 def _numbers_text(c: stats.Comparison, loss: stats.Comparison | None, adjusted: bool) -> str:
     if c.status == stats.NO_DATA:
         return "no seed has test scores in both arms yet"
     p, label = (c.p_adj, "Holm-adjusted p") if adjusted else (c.p, "unadjusted p")
+    level = round(100 * (1 - c.alpha))
     parts = [
-        f"{pts(c.diff)} EM (95% CI {pts(c.lo)}..{pts(c.hi)}, {label}={fmt_p(p)}",
-        f"TOST p={fmt_p(c.tost_p)} at ±{100 * c.sesoi:.1f}",
+        f"{pts(c.diff)} EM ({level}% CI {pts(c.lo)}..{pts(c.hi)}, {label}={fmt_p(p)}",
+        f"equivalence (TOST) at ±{100 * c.sesoi:.1f}: {round(100 * (1 - 2 * c.alpha))}% CI "
+        f"{pts(c.lo90)}..{pts(c.hi90)}, p={fmt_p(c.tost_p)}",
     ]
     if not math.isnan(c.p_seed):
-        parts.append(f"paired t over seeds p={fmt_p(c.p_seed)}")
+        parts.append(f"paired t over seed means p={fmt_p(c.p_seed)}")
     if not math.isnan(c.hedges_g):
         parts.append(f"Hedges' g={c.hedges_g:.2f}")
     if not math.isnan(c.mde):
         parts.append(f"detectable at 80% power: {100 * c.mde:.1f} EM")
+    if var := variance_text(c):
+        parts.append(var)
     text = "; ".join(parts) + f"; {c.n_seeds} seed(s) x {c.n_items} item(s))"
     if loss is not None and loss.status != stats.NO_DATA:
-        text += f"; test loss {loss.diff:+.3f} (95% CI {loss.lo:+.3f}..{loss.hi:+.3f})"
-    if c.n_items == 1:
-        text += "; no per-item records, so the interval covers seeds only"
-    if c.note:
+        text += f"; test loss {loss.diff:+.3f} ({level}% CI {loss.lo:+.3f}..{loss.hi:+.3f})"
+    if c.note and c.status in stats.DECIDABLE:
         text += f"; {c.note}"
+    if c.verdict == stats.INCONCLUSIVE and c.plan_note and c.status == stats.OK:
+        text += f"; {c.plan_note}"
     return text
 
 
@@ -373,6 +447,15 @@ def _knockout_text(data: StudyData, arm: str) -> str:
         if c.startswith("knockout/") and c.endswith(f"/{METRIC}") and rep[c].notna().any()
     ]
     return f" EM change with one component switched off at evaluation: {', '.join(drops)}." if drops else ""
+
+
+def _failure_text(data: StudyData, arm: str) -> str:
+    f = data.failures
+    f = f[f["arm"] == arm] if len(f) else f
+    if not len(f):
+        return ""
+    seeds = ", ".join(f"seed {r.seed} ({r.reason})" for r in f.itertuples())
+    return f" {len(f)} replicate seed(s) failed: {seeds}; each is scored as wrong on every item (loss: the worst recorded), not dropped."
 
 
 def verdict(data: StudyData, s: Summary) -> list[str]:
@@ -407,7 +490,11 @@ def verdict(data: StudyData, s: Summary) -> list[str]:
         line = f"{name} vs {label} [{tag}]: {_verdict_word(c, s.sesoi)}: "
         line += _numbers_text(c, s.loss_comparisons.get(arm), c.primary)
         lines.append(
-            line + (_costs_text(row) if c.status != stats.NO_DATA else "") + "." + _knockout_text(data, arm)
+            line
+            + (_costs_text(row) if c.status != stats.NO_DATA else "")
+            + "."
+            + _knockout_text(data, arm)
+            + _failure_text(data, arm)
         )
     for key, c in s.secondary.items():
         lines.append(
@@ -416,17 +503,24 @@ def verdict(data: StudyData, s: Summary) -> list[str]:
             + "."
         )
     for arm, it in s.interactions.items():
-        zero = {"per item": "", "mean": " (zero-shot term: its mean only)", "none": " (no zero-shot record)"}
+        c = it.vs_single
         lines.append(
-            f"Interaction {arm}: ({arm}) - lora - {it.single} + zero-shot = {pts(it.diff)} EM "
-            f"(95% CI {pts(it.lo)}..{pts(it.hi)}, p={fmt_p(it.p)}, {it.n_seeds} seed(s)){zero[it.zero_shot]}: "
-            + (
-                "the methods help each other (super-additive)."
-                if it.lo > 0
-                else "the gains overlap (sub-additive)."
-                if it.hi < 0
-                else "no evidence that the effects are not additive."
-            )
+            f"{arm} vs {it.single} alone [secondary, unadjusted]: {_verdict_word(c, s.sesoi)}: "
+            + _numbers_text(c, None, False)
+            + "."
+        )
+        zero = {"per item": "", "mean": " (zero-shot term: its mean only)", "none": " (no zero-shot record)"}
+        floor = (
+            f" Zero-shot EM is {pts(it.zero_shot_em, False)}: at the floor the zero-shot term cannot fall, so "
+            "this contrast says more about the floor than about how the methods combine; read the comparison "
+            f"with {it.single} alone instead."
+            if not math.isnan(it.zero_shot_em) and it.zero_shot_em < 0.05
+            else ""
+        )
+        lines.append(
+            f"Additive contrast on the EM scale {arm}: ({arm}) - lora - {it.single} + zero-shot = {pts(it.diff)} EM "
+            f"({round(100 * (1 - s.alpha))}% CI {pts(it.lo)}..{pts(it.hi)}, p={fmt_p(it.p)}, {it.n_seeds} seed(s))"
+            f"{zero[it.zero_shot]}." + floor
         )
     by = {k: [a for a in s.primary if s.comparisons[a].verdict == k] for k in VERDICT_ORDER}
     summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in by.items() if v)
@@ -449,7 +543,7 @@ def summarise(
         comps,
         loss_comps,
         secondary_comparisons(data, numbers, sesoi, alpha),
-        {a: it for a in numbers.index if (it := interaction(data, a, baseline)) is not None},
+        {a: it for a in numbers.index if (it := interaction(data, a, baseline, sesoi, alpha)) is not None},
         [],
         baseline,
         alpha,
@@ -459,6 +553,8 @@ def summarise(
     )
     for arm, it in s.interactions.items():
         numbers.loc[arm, ["interaction_diff", "interaction_lo", "interaction_hi"]] = [it.diff, it.lo, it.hi]
+        c = it.vs_single
+        numbers.loc[arm, ["vs_single_diff", "vs_single_lo", "vs_single_hi"]] = [c.diff, c.lo, c.hi]
     s.verdict = verdict(data, s)
     return s
 
@@ -489,7 +585,11 @@ def display_table(s: Summary) -> pd.DataFrame:
             return "-"
         if c.verdict == stats.EQUIVALENT:
             return f"equivalent (±{100 * s.sesoi:.1f})"
+        if c.verdict in (stats.BETTER_SMALL, stats.WORSE_SMALL):
+            return f"{c.verdict.split()[0]}, within ±{100 * s.sesoi:.1f}"
         if c.verdict == stats.INCONCLUSIVE:
+            if c.status not in stats.DECIDABLE:
+                return f"no verdict ({c.status.replace('_', ' ')})"
             more = (
                 "more items" if c.more_items_needed else f"~{c.seeds_needed} seeds" if c.seeds_needed else ""
             )
@@ -505,7 +605,9 @@ def display_table(s: Summary) -> pd.DataFrame:
             {
                 "arm": arm,
                 "best configuration": r["best_config"] or "-",
-                "seeds": int(r["seeds"]),
+                "seeds": int(r["seeds"])
+                if not r.get("seeds_failed")
+                else f"{int(r['seeds'])} ({int(r['seeds_failed'])} failed)",
                 "test EM [95% CI]": ci(r["em_mean"], r["em_lo"], r["em_hi"], r["seeds"]),
                 "test loss [95% CI]": loss_ci(r["loss_mean"], r["loss_lo"], r["loss_hi"], r["seeds"]),
                 "trainable params": num(r["trainable_params"], ",.0f"),

@@ -11,8 +11,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from ablate.errors import ConfigError
 from ablate import stats
+from ablate.errors import ConfigError
 from ablate.report import build_report
 from ablate.report.collect import StudyData, collect
 from ablate.report.summary import summarise

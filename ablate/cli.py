@@ -12,13 +12,14 @@ second, and so does ``--help`` (``ablate/help.py``).
 from __future__ import annotations
 
 import difflib
+import io
 import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ablate.errors import ConfigError
+from ablate.errors import ConfigError, redact
 from ablate.schema import (
     COMPONENTS,
     Config,
@@ -103,6 +104,14 @@ def normalize_overrides(args: list[str]) -> list[str]:
     groups = set(_groups())
     out: list[str] = []
     arms: list[tuple[str, ...]] = [DEFAULT_ARM]
+    given: dict[str, str] = {}
+    for arg in args:
+        m = _OVERRIDE.match(arg)
+        if m and not arg.startswith("-"):  # one key, one value: the last of two would win silently
+            key = m["key"]
+            if key in given:
+                raise ConfigError(key, f"{given[key]} and {m['value']}", "given more than once: give it once")
+            given[key] = m["value"]
     for arg in args:
         m = _OVERRIDE.match(arg)
         if not m or arg.startswith("-") or m["key"].startswith("hydra"):
@@ -299,6 +308,14 @@ def main(argv: list[str] | None = None) -> None:
     app = hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")(guarded(task))
     try:
         with signals.installed():  # SIGINT/SIGTERM: the running trial is recorded as interrupted
+            if "--cfg" in args or "-c" in args:  # Hydra prints the config: hide URL passwords in it
+                from contextlib import redirect_stdout
+
+                buffer = io.StringIO()
+                with redirect_stdout(buffer):
+                    app()
+                print(redact(buffer.getvalue()), end="")
+                return
             app()
     except KeyboardInterrupt as exc:
         code = signals.exit_code(exc)

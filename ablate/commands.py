@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ablate.errors import redact
+
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
@@ -61,7 +63,8 @@ def summary(arm: str, quant: str, m: dict[str, float], run_id: str | None, uri: 
     if knock:
         lines.append("  knockout test EM  " + ", ".join(f"-{n}: {v:.3f}" for n, v in knock.items()))
     if run_id:
-        lines.append(f"  MLflow run {run_id} in {uri}  (browse: mlflow ui --backend-store-uri {uri})")
+        shown = redact(uri)  # the password is the user's to type, never ours to print
+        lines.append(f"  MLflow run {run_id} in {shown}  (browse: mlflow ui --backend-store-uri {shown})")
     return "\n".join(lines)
 
 
@@ -101,8 +104,6 @@ def study_command(cfg: DictConfig) -> dict[str, Any]:
 def study_summary(runner: Any, result: dict[str, Any]) -> str:
     import statistics
 
-    from ablate.errors import redact
-
     lines = [f"study {runner.spec.name}: storage {redact(runner.spec.storage_url)}"]
     for arm in runner.arms:
         reps = list((result["studies"][arm.name].user_attrs.get("replicates") or {}).values())
@@ -119,7 +120,7 @@ def study_summary(runner: Any, result: dict[str, Any]) -> str:
         lines.append(f"  report: {result['report']}/report.md (and report.html)")
     if runner.tracking.backend == "mlflow":
         lines.append(
-            f"  runs: mlflow ui --backend-store-uri {runner.tracking.uri}   (experiment {runner.spec.name})"
+            f"  runs: mlflow ui --backend-store-uri {redact(runner.tracking.uri)}   (experiment {runner.spec.name})"
         )
         exp_id = getattr(getattr(runner, "tracker", None), "experiment_id", None)
         if exp_id:  # MLflow 3's UI opens GenAI views unless the link asks for model training

@@ -8,6 +8,7 @@ processes at the end, as a user runs them."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -95,6 +96,24 @@ BAD = [
         "postgresql://ablate:***@127.0.0.1:1/nope",
     ),
     ([S, "study.storage=sqlite:///:memory:"], "study.storage", ":memory:"),
+    (
+        [S, "study.storage=postgresql://postgres:ab/s3cret@127.0.0.1:1/x"],
+        "study.storage",
+        "postgres:***@127.0.0.1:1",
+    ),
+    (
+        [S, "study.storag=postgresql://postgres:s3cret@127.0.0.1/x"],
+        "study.storag",
+        "postgres:***@127.0.0.1/x",
+    ),
+    # -- a study is a set of arms, each split its own file, each key given once
+    ([S, "study.arms=[lora,lora+adapter,adapter+lora]"], "study.arms", "lora+adapter, adapter+lora"),
+    ([S, "study.n_trials=5", "study.n_trials=7"], "study.n_trials", "5 and 7"),
+    (
+        ["train", "data=file", "data.path=@bad.jsonl", "data.test_path=@bad.jsonl"],
+        "data.test_path",
+        "bad.jsonl",
+    ),
     ([S, "workers=0"], "workers", "0"),
     ([S, "workers=-2"], "workers", "-2"),
     ([S, "workers=many"], "workers", "many"),
@@ -127,7 +146,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _args(args: list[str], workdir: Path) -> list[str]:
-    return [a.replace("@", f"{workdir}/") if a.startswith("data.path=@") else a for a in args]
+    return [a.replace("@", f"{workdir}/") if re.match(r"data\.\w*path=@", a) else a for a in args]
 
 
 def test_the_table_is_large_and_covers_every_kind():

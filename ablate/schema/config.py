@@ -165,6 +165,18 @@ class DataConfig(Schema):
                 raise ConfigError(f"data.{key}", getattr(self, key), f"only read with data={source}")
         if self.name == "file":
             require(self.path is not None, "data.path", None, "data=file needs a file path")
+            given = {
+                k: getattr(self, k) for k in ("path", "validation_path", "test_path") if getattr(self, k)
+            }
+            real = {k: os.path.realpath(v) for k, v in given.items()}
+            for key, value in real.items():
+                first = next(k for k, v in real.items() if v == value)
+                if first != key:  # the same file for two splits: the held-out split would leak
+                    raise ConfigError(
+                        f"data.{key}",
+                        given[key],
+                        f"is the same file as data.{first}: each split needs its own file",
+                    )
         if self.name == "hf":  # hf datasets often carry their own splits; checked at load time
             require(self.hf_name is not None, "data.hf_name", None, "data=hf needs a dataset id")
         return self

@@ -64,6 +64,16 @@ def parse_arms(cfg: StudyConfig, default_quant: str) -> list[Arm]:
     arms = [_parse(spec, cfg, default_quant) for spec in cfg.arms]
     names = [a.name for a in arms]
     require(len(set(names)) == len(names), "study.arms", cfg.arms, "an arm is listed twice")
+    # Arms are a set: lora+adapter and adapter+lora are one arm (the same components, base and fields).
+    seen: dict[tuple, str] = {}
+    for a in arms:
+        same = seen.setdefault((frozenset(a.components), a.quant, repr(a.fixed)), a.name)
+        require(
+            same == a.name,
+            "study.arms",
+            f"{same}, {a.name}",
+            "the same arm listed twice (order of components does not matter)",
+        )
     require(cfg.baseline in names, "study.baseline", cfg.baseline, f"not among the arms ({', '.join(names)})")
     base = next(a for a in arms if a.name == cfg.baseline)
     require(base.components == ("lora",), "study.baseline", cfg.baseline, "the baseline must be LoRA-only")

@@ -170,10 +170,14 @@ def precompose(args: list[str]) -> dict[str, Any] | None:
             m = _OVERRIDE.match(arg)
             key = m["key"] if m else arg.split("=", 1)[0]
             if not all(named(arg)[:3]):
+                quote = (
+                    "cannot be parsed: a value with spaces, accents or other characters than letters, "
+                    f"digits and _ . - + @ / needs quotes, e.g. {key}=\"'VALUE'\""
+                )
                 if not m:
-                    raise ConfigError(key, arg.partition("=")[2], "cannot be parsed") from None
+                    raise ConfigError(key, arg.partition("=")[2], quote) from None
                 unknown = "not in struct" in text or "Could not override" in text or "not found" in text
-                reason = _unknown_key(key, args) if unknown else "cannot be parsed"
+                reason = _unknown_key(key, args) if unknown else quote
                 raise ConfigError(key, m["value"] if m else "", reason) from None
         raise ConfigError("arguments", " ".join(args), text[:200]) from None
 
@@ -273,6 +277,16 @@ def _task(command: str) -> Callable[[Any], Any]:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     explicit = bool(args) and args[0] in COMMANDS
+    if args and not explicit and "=" not in args[0] and not args[0].startswith("-"):
+        near = difflib.get_close_matches(args[0], COMMANDS, n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        print(
+            ConfigError(
+                "command", args[0], f"unknown command (one of {', '.join(COMMANDS)}){hint}"
+            ).one_line(),
+            file=sys.stderr,
+        )
+        sys.exit(2)
     if explicit:
         command = args.pop(0)
     else:

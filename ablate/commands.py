@@ -8,6 +8,7 @@ leaves a half-written run behind.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -45,8 +46,30 @@ def train_command(cfg: DictConfig) -> dict[str, float]:
             file=sys.stderr,
         )
         sys.exit(1)
+    if getattr(tracker, "outages", 0):  # MLflow is this run's only record: never leave it on stdout alone
+        path = local_record(trial, outcome)
+        print(f"MLflow did not record all of this run: its results are in {path}", file=sys.stderr)
     print(summary(trial.arm_name, trial.quant.method, outcome.metrics, outcome.run_id, trial.tracking.uri))
     return outcome.metrics
+
+
+def local_record(trial: Any, outcome: Any) -> Path:
+    """``ablate-runs/<UTC time>-<arm>.json``: the resolved config (secrets hidden), the metrics and
+    the per-item outcomes of a run that MLflow did not record whole."""
+    import json
+    from datetime import UTC, datetime
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = Path("ablate-runs") / f"{stamp}-{trial.arm_name.replace('+', '_')}.json"
+    path.parent.mkdir(exist_ok=True)
+    record = {
+        "config": redact(trial.to_dict()),
+        "metrics": outcome.metrics,
+        "items": getattr(outcome, "items", None),
+        "mlflow_run_id": outcome.run_id,
+    }
+    path.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    return path
 
 
 def summary(arm: str, quant: str, m: dict[str, float], run_id: str | None, uri: str) -> str:
@@ -132,7 +155,6 @@ def study_summary(runner: Any, result: dict[str, Any]) -> str:
 
 def report_command(cfg: DictConfig) -> str:
     """``ablate report study=NAME``: rebuild reports/NAME/ from what was recorded."""
-    from pathlib import Path
 
     from ablate.preflight import check_name
     from ablate.report import build_report

@@ -99,7 +99,8 @@ def _fields_of(command: str | None) -> dict[str, type[Schema]]:
 def _fields(key: str, schema: type[Schema], values: Mapping[str, Any]) -> list[str]:
     lines = []
     for name, info in schema.model_fields.items():
-        value = values.get(name, info.default) if isinstance(values, Mapping) else info.default
+        default = info.get_default(call_default_factory=True) if not info.is_required() else "(required)"
+        value = values.get(name, default) if isinstance(values, Mapping) else default
         nested = info.annotation if isinstance(info.annotation, type) else None
         if nested is not None and issubclass(nested, Schema):
             lines += _fields(f"{key}.{name}", nested, value if isinstance(value, Mapping) else {})

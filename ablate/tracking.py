@@ -184,6 +184,7 @@ class MlflowTracker(Tracker):
         self._client: Any = None
         self._experiment_id: str | None = None
         self._down: str | None = None  # why the store stopped answering; None while it answers
+        self.outages = 0  # how many times it stopped answering (ablate train then writes a local record)
         self._retry_at = 0.0  # during an outage: no write is tried before this (time.monotonic)
         self._wait = RECHECK_S
 
@@ -290,6 +291,7 @@ class MlflowTracker(Tracker):
             self._retry_at = time.monotonic() + self._wait  # counted from the failure, not the warning
             if self._down is None:
                 self._down = why
+                self.outages += 1
                 print(
                     f"mlflow unreachable at {redact(self.cfg.uri)} ({why}): runs are not recorded until "
                     "it is back; trial outcomes stay in the study storage",

@@ -130,6 +130,8 @@ def train(
     try:
         for step in range(1, cfg.steps + 1):
             started = time.perf_counter()
+            if cfg.fault.step_delay_s:  # a slow worker, for drills (kill -9 mid-trial)
+                time.sleep(cfg.fault.step_delay_s)
             if step == cfg.fault.oom_at_step and cfg.fault.oom_times > 0:
                 raise torch.cuda.OutOfMemoryError(
                     f"CUDA out of memory (injected: train.fault.oom_at_step={step})"

@@ -49,7 +49,22 @@ def grid(smoke: bool) -> dict:
                 for e in (0.0, S.SESOI):
                     m = S.measure_plan(S.REGIMES[r], e, i, n_reps=plan_reps, seed=1)
                     out["plan"].append({"regime": r, "items": i, "effect": e, **m})
+    confirm(out, 4 * reps)
     return out
+
+
+def _outside(c: dict) -> bool:
+    return c["seeds"] >= MIN_SEEDS and (c["coverage"] < COVERAGE_MIN or c["better"] + c["worse"] > FALSE_MAX)
+
+
+def confirm(res: dict, reps: int) -> None:
+    """A null cell outside the bounds is measured again on ``reps`` fresh draws (another seed):
+    with 1,000 draws a true 95% cell lands below 93.5% about one time in 40, and the grid has 60
+    such cells, so a single miss may be Monte Carlo noise. Both measurements are shown."""
+    for c in res["cells"]:
+        if c["effect"] == 0.0 and _outside(c) and "confirm" not in c:
+            m = S.measure(S.REGIMES[c["regime"]], 0.0, c["seeds"], c["items"], n_reps=reps, seed=2)
+            c["confirm"] = m
 
 
 def _pct(x: float) -> str:
@@ -85,16 +100,25 @@ def render(res: dict, seconds: float) -> str:
     for c in (c for c in res["cells"] if c["effect"] == 0.0):
         b = boot[(c["regime"], c["seeds"], c["items"])]
         false = c["better"] + c["worse"]
-        ok = c["seeds"] < MIN_SEEDS or (c["coverage"] >= COVERAGE_MIN and false <= FALSE_MAX)
+        shown, ok = "yes", not _outside(c)
+        if not ok and "confirm" in c:
+            m = c["confirm"]
+            ok = not _outside({**m, "seeds": c["seeds"]})
+            shown = (
+                f"{'yes' if ok else '**no**'}: on {m['n']:,} fresh draws {_pct(m['coverage'])} / "
+                f"{_pct(m['better'] + m['worse'])}"
+            )
+        elif not ok:
+            shown = "**no**"
         fails += not ok
         lines.append(
             f"| {c['regime']} | {c['seeds']} | {c['items']} | {_pct(c['coverage'])} | {_pct(false)} | "
-            f"{_pct(c['equivalent'])} | {_pct(b['coverage'])} | {_pct(b['better'] + b['worse'])} | "
-            f"{'yes' if ok else '**no**'} |"
+            f"{_pct(c['equivalent'])} | {_pct(b['coverage'])} | {_pct(b['better'] + b['worse'])} | {shown} |"
         )
     lines += [
         "",
-        f"Cells with {MIN_SEEDS}+ seeds outside the bounds: **{fails}**.",
+        f"Cells with {MIN_SEEDS}+ seeds outside the bounds: **{fails}** (a cell that missed on its "
+        "1,000 draws was measured again on 4,000 fresh ones; both are shown).",
         "",
         "## Power, coverage and equivalence at true effects (current core)",
         "",
@@ -120,17 +144,18 @@ def render(res: dict, seconds: float) -> str:
         "",
         '## Does "would need about N seeds" keep its promise?',
         "",
-        f"First round of {MIN_SEEDS} seeds; among the inconclusive ones with a plan of at most 200 seeds, "
-        "top up to the plan on the same items and count the right decision (better at a true +sesoi, "
-        f"equivalent at a true 0). Promised: {100 * POWER:.0f}%. 'over cap' rounds had plans above 200 "
-        "seeds and were not topped up, so in seed-dominated cells the measured rate is over the "
-        "rounds whose seed variance came out small, i.e. biased low.",
+        f"First round of {MIN_SEEDS} seeds; every inconclusive one with a plan is topped up to the plan "
+        "on the same items, and the right decision is counted (better at a true +sesoi, equivalent at "
+        f"a true 0). Promised: {100 * POWER:.0f}%. 'no plan' rounds were told that no number of seeds "
+        "would do (the item term alone is too large: raise the test set).",
         "",
         "| regime | items | true effect | reached | topped up | decided at once | no plan (items) | over cap | median plan |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *(
             f"| {p['regime']} | {p['items']} | {100 * p['effect']:+.0f} | {_pct(p['reached'])} | {p['planned']} | "
-            f"{p['decided_first']} | {p['no_plan']} | {p['over_cap']} | {p['median_seeds']:.0f} |"
+            f"{p['decided_first']} | {p['no_plan']} | {p['over_cap']} | "
+            + ("-" if p["median_seeds"] != p["median_seeds"] else f"{p['median_seeds']:.0f}")
+            + " |"
             for p in res["plan"]
         ),
         "",
@@ -142,10 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="a few cells with few draws: seconds")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for calibration.md / .json")
+    ap.add_argument("--from-json", type=Path, help="re-render (and confirm) a grid measured before")
     args = ap.parse_args(argv)
     start = time.perf_counter()
-    res = grid(args.smoke)
-    seconds = time.perf_counter() - start
+    if args.from_json:
+        res = json.loads(args.from_json.read_text(encoding="utf-8"))
+        confirm(res, 4000)
+    else:
+        res = grid(args.smoke)
+    seconds = res.setdefault("seconds", time.perf_counter() - start)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "calibration-smoke" if args.smoke else "calibration"
     (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1), encoding="utf-8")

@@ -14,6 +14,12 @@ from ablate.schema import COMPONENTS
 TINY = ["model=tiny", "budget=smoke"]
 
 
+def override(base, *extra):
+    """``base`` with the keys of ``extra`` replaced (a key given twice is refused by the CLI)."""
+    keys = {a.split("=", 1)[0] for a in extra}
+    return [a for a in base if a.split("=", 1)[0] not in keys] + list(extra)
+
+
 def run_cli(args, capsys):
     """Run ``ablate ARGS`` in this process; returns (exit code, stdout, stderr)."""
     code = 0

@@ -18,7 +18,7 @@ import torch
 
 from ablate import components
 from tests.conftest import load_tiny
-from tests.test_cli import run_cli
+from tests.test_cli import override, run_cli
 from tests.tiny_study import STUDY, finished_study
 
 ROUND_TRIP = 1e-5  # same computation in fp32: only float noise is allowed
@@ -72,7 +72,7 @@ def reference(study_dir: Path, run_id: str, tmp: Path) -> tuple[torch.Tensor, to
 
 def export(study_dir, monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     monkeypatch.chdir(study_dir)
-    return run_cli(["export", f"study={STUDY}", "model=tiny", *args], capsys)
+    return run_cli(["export", *override([f"study={STUDY}", "model=tiny"], *args)], capsys)
 
 
 def test_default_export_is_the_baseline_as_a_standard_peft_adapter(study_dir, tmp_path, monkeypatch, capsys):

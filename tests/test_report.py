@@ -395,3 +395,71 @@ def test_ablate_report_command_never_imports_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "reports" / "lora_vs_adapter" / "report.md").exists()
+
+
+def test_a_failed_seed_counts_against_its_arm():
+    """Seed 3 of the combination diverged: its items are scored wrong (and the worst recorded loss),
+    not dropped from both arms, and the verdict says so."""
+    from ablate.report.summary import matrix
+
+    rng = np.random.default_rng(4)
+    arms = pd.DataFrame(
+        [
+            {"arm": a, "matched_to": None, "best_config": {}, "objective": ["val_loss"], "components": c}
+            for a, c in (("lora", ["lora"]), ("lora+adapter", ["lora", "adapter"]))
+        ]
+    ).set_index("arm", drop=False)
+    rows = [
+        {"arm": a, "seed": s, "item": i, "correct": int(rng.random() < 0.6), "loss": float(rng.random())}
+        for a in ("lora", "lora+adapter")
+        for s in (1, 2, 3, 4)
+        for i in range(30)
+        if not (a == "lora+adapter" and s == 3)
+    ]
+    reps = pd.DataFrame(
+        [{"arm": a, "seed": s, "test_em": 0.6} for a in ("lora", "lora+adapter") for s in (1, 2, 4)]
+    )
+    data = StudyData("failed", arms, pd.DataFrame(columns=["arm", "number", "state"]), reps)
+    data.items = pd.DataFrame(rows)
+    data.failures = pd.DataFrame(
+        [{"arm": "lora+adapter", "seed": 3, "state": "pruned", "reason": "nonfinite_loss"}]
+    )
+    em, loss = matrix(data, "lora+adapter"), matrix(data, "lora+adapter", "loss")
+    assert list(em.index) == [1, 2, 3, 4] and em.loc[3].sum() == 0
+    worst = data.items.groupby("item")["loss"].max()
+    assert loss.loc[3].to_numpy() == pytest.approx(worst.reindex(loss.columns).to_numpy())
+    s = summarise(data)
+    assert s.comparisons["lora+adapter"].n_seeds == 4  # paired over all four seeds, not three
+    assert s.numbers.loc["lora+adapter", "seeds_failed"] == 1
+    line = next(v for v in s.verdict if v.startswith("lora+adapter"))
+    assert "1 replicate seed(s) failed: seed 3 (nonfinite_loss); each is scored as wrong" in line
+
+
+def test_failures_are_read_from_the_replicate_studies():
+    """Failed or pruned replicate seeds that never completed; a seed retried to completion and an
+    interrupted run (a signal, not the arm's fault) are not failures."""
+    from optuna.distributions import IntDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from ablate.report.collect import failures_frame
+    from ablate.study.storage import INTERRUPTED
+
+    storage = optuna.storages.InMemoryStorage()
+    reps = optuna.create_study(study_name="x/lora/replicate", storage=storage)
+    dist = {"seed": IntDistribution(1, 9)}
+    for seed, state, reason in (
+        (1, TrialState.COMPLETE, None),
+        (2, TrialState.PRUNED, "nonfinite_loss"),
+        (3, TrialState.FAIL, "oom"),
+        (3, TrialState.COMPLETE, None),
+        (4, TrialState.FAIL, INTERRUPTED),
+    ):
+        attrs = {"reason": reason} if reason else {}
+        value = 0.5 if state == TrialState.COMPLETE else None
+        reps.add_trial(
+            create_trial(
+                params={"seed": seed}, distributions=dist, value=value, state=state, user_attrs=attrs
+            )
+        )
+    f = failures_frame("x", storage, ["lora", "adapter"])
+    assert f.to_dict("records") == [{"arm": "lora", "seed": 2, "state": "pruned", "reason": "nonfinite_loss"}]

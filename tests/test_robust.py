@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from ablate.schema import Heartbeat
 from ablate.study.budget import Done, Job, budget_left, counted, drive, enqueue_seeds, waiting
 from ablate.study.storage import Reaper, StorageLock, interrupted, open_storage
-from tests.test_cli import run_cli
+from tests.test_cli import override, run_cli
 from tests.test_study import storage_studies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,9 @@ def test_hf_token_never_reaches_mlflow_storage_reports_or_output(workdir, capsys
     file the study wrote (mlflow.db, artifacts, studies/, reports/) and not in its output."""
     token = "hf_" + os.urandom(12).hex()
     monkeypatch.setenv("HF_TOKEN", token)
-    code, out, err = run_cli([*ONE_ARM, "study.name=secret", "study.n_trials=2", "study.report=true"], capsys)
+    code, out, err = run_cli(
+        override(ONE_ARM, "study.name=secret", "study.n_trials=2", "study.report=true"), capsys
+    )
     assert code == 0, err
     assert token not in out + err
     written = [p for p in workdir.rglob("*") if p.is_file()]
@@ -272,10 +274,10 @@ def test_commands_leave_nothing_behind(workdir, capsys):
 def test_sigterm_mid_trial_kills_the_run_and_the_study_resumes(workdir, capsys):
     """As SLURM or docker stop sends it: exit 143, the trial interrupted, its MLflow run KILLED,
     the storage consistent; the same command then completes the budget."""
-    args = [*ONE_ARM, "study.name=term", "study.n_trials=3", "train.steps=300", "train.eval_every=100"]
+    args = [*ONE_ARM, "study.name=term", "study.n_trials=3", "train.steps=6", "train.eval_every=3"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ablate.cli", *args],
+    proc = subprocess.Popen(  # slow steps (a drill, not part of the plan): the signal lands mid-trial
+        [sys.executable, "-m", "ablate.cli", *args, "train.fault.step_delay_s=3"],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,
@@ -286,7 +288,7 @@ def test_sigterm_mid_trial_kills_the_run_and_the_study_resumes(workdir, capsys):
     deadline = time.monotonic() + 120
     tags = {"arm": "lora", "phase": "search", "trial_number": "0"}
     while time.monotonic() < deadline and not mlflow_run_running(workdir / "mlflow.db", **tags):
-        time.sleep(0.2)  # the first trial's run exists: inside the training loop (300 steps)
+        time.sleep(0.2)  # the first trial's run exists: inside the training loop (3 s a step)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
@@ -296,8 +298,9 @@ def test_sigterm_mid_trial_kills_the_run_and_the_study_resumes(workdir, capsys):
     assert study.trials[0].user_attrs["reason"] == "interrupted" and len(counted(study)) == 0
     runs = _mlflow_runs(workdir, "term")
     assert [r.info.status for r in runs] == ["KILLED"]
-    # resume: the whole budget, and the interrupted trial's budget given back
-    code, _, err = run_cli([*args, "train.steps=6", "train.eval_every=3"], capsys)
+    # resume (the same plan: train.steps is part of it): the whole budget, the interrupted trial's
+    # budget given back
+    code, _, err = run_cli(args, capsys)
     assert code == 0, err
     study = storage_studies(f"sqlite:///{db}")["term/lora"]
     assert Counter(t.state for t in study.trials) == {TrialState.FAIL: 1, TrialState.COMPLETE: 3}

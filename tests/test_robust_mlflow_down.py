@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from ablate.errors import ConfigError
 from ablate.tracking import RECHECK_S, MlflowTracker, unreachable
+from tests.test_cli import override
 from tests.test_report_mlflow_server import _free_port, start_mlflow_server
 from tests.test_robust import ONE_ARM
 from tests.test_study import storage_studies
@@ -31,13 +32,13 @@ WARNING = "mlflow unreachable at "
 TAIL = ": runs are not recorded until it is back; trial outcomes stay in the study storage"
 BACK = "answers again: runs are recorded again"
 N_TRIALS = 8
-STUDY = [
-    *ONE_ARM,
+STUDY = override(
+    ONE_ARM,
     "study.report=true",
     "study.name=down",
     f"study.n_trials={N_TRIALS}",
     "study.pruner=none",  # every trial completes with a value: the storage check below is exact
-]
+)
 # MLflow 3 starts a job runner with a handful of huey consumers beside the server (GenAI jobs);
 # without them a start takes a few seconds instead of most of a minute on two cores. Telemetry off:
 # its thread pops an environment variable while a request may be iterating os.environ (a KeyError
@@ -71,7 +72,7 @@ def test_unreachable_store_is_absorbed_and_other_errors_raise(tmp_path, monkeypa
         with tracker.run(f"run {k}") as rec:
             rec.log_metrics({"loss": 1.0}, 1)
     assert tracker.find_runs("tags.arm = 'lora'") == []
-    assert tracker.experiment_id is None
+    assert tracker.experiment_id is None and tracker.outages == 1  # ablate train then writes locally
     assert time.perf_counter() - t0 < 1.0
     err = capsys.readouterr().err.splitlines()
     warned = [line for line in err if line.startswith(WARNING)]
@@ -231,3 +232,23 @@ def test_study_survives_the_tracking_server_going_away(tmp_path):
     for n in (0, after):
         assert by_number[n].info.status == "FINISHED" and "val_loss" in by_number[n].data.metrics
     print(f"\n{len(by_number)} of {N_TRIALS} search runs recorded across 2 outages; test took {took:.0f}s")
+
+
+def test_ablate_train_keeps_a_local_record_when_mlflow_lost_its_run(tmp_path, monkeypatch):
+    """MLflow is ``ablate train``'s only record: when it did not take the whole run, the results
+    reach disk (config with secrets hidden, metrics, per-item outcomes), never only stdout."""
+    import json
+    from types import SimpleNamespace
+
+    from ablate.commands import local_record
+    from ablate.schema import TrialConfig
+
+    monkeypatch.chdir(tmp_path)
+    trial = TrialConfig.from_dict(
+        {"peft": {"lora": {}}, "tracking": {"uri": "postgresql://u:s3cr3t@127.0.0.1/db"}}
+    )
+    outcome = SimpleNamespace(metrics={"test_em": 0.5}, items={"correct": [1, 0]}, run_id=None)
+    path = local_record(trial, outcome)
+    saved = json.loads(path.read_text())
+    assert path.parent.name == "ablate-runs" and saved["metrics"] == {"test_em": 0.5}
+    assert saved["items"] == {"correct": [1, 0]} and "s3cr3t" not in path.read_text()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ablate.errors import redact
-from tests.test_cli import run_cli
+from tests.test_cli import override, run_cli
 from tests.test_robust import ONE_ARM
 
 # (url, what must not appear, what must stay visible)
@@ -75,7 +75,7 @@ def test_a_study_with_passwords_in_both_urls_leaks_them_nowhere(tmp_path, monkey
     store_db, track_db = two_databases
     storage = f"postgresql://postgres:ab/s3cr3tS@127.0.0.1/{store_db}"
     tracking = f"postgresql://postgres:x%40s3cr3tT@127.0.0.1/{track_db}"
-    args = [*ONE_ARM, "study.name=secrets", "study.report=true", f"study.storage={storage}"]
+    args = override(ONE_ARM, "study.name=secrets", "study.report=true", f"study.storage={storage}")
     args += [f"tracking.uri={tracking}", "study.n_trials=2"]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err[-2000:]

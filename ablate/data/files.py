@@ -66,7 +66,9 @@ def read_columns(path: str, fmt: str | None, key: str = "data.path") -> dict[str
 def _read_jsonl(p: Path, key: str) -> dict[str, list[Any]]:
     rows: list[dict[str, Any]] = []
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (what some editors write) is not part of the first row,
+        # as pandas already treats it for CSV
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise ConfigError(key, str(p), f"not UTF-8 text: {one_line(e)}") from e
     for lineno, line in enumerate(lines, start=1):
@@ -77,6 +79,8 @@ def _read_jsonl(p: Path, key: str) -> dict[str, list[Any]]:
         except json.JSONDecodeError as e:
             reason = f"line {lineno} is not JSON: {e.msg} at column {e.colno}"
             raise ConfigError(key, str(p), reason) from e
+        except RecursionError:  # brackets nested past Python's parser depth
+            raise ConfigError(key, str(p), f"line {lineno} nests too deeply to be a data row") from None
         require(isinstance(row, dict), key, str(p), f"line {lineno} is not a JSON object")
         rows.append(row)
     names = list(dict.fromkeys(k for row in rows for k in row))

@@ -7,6 +7,7 @@ from these frames, which come from the storage and the tracking server alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,12 +141,23 @@ def replicates_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
     return df.sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
 
 
-def items_frame(study: str, storage: Any, arms: list[str]) -> pd.DataFrame:
+def _replication(study: str, arm: str, studies: Mapping[str, Any] | None) -> str:
+    """The replication study of ``arm``'s current best (``NAME/<arm>/replicate`` unless a larger
+    search re-pinned it)."""
+    from ablate.study.storage import replicate_suffix
+
+    attrs = studies[arm].user_attrs if studies and arm in studies else {}
+    return f"{study}/{arm}{replicate_suffix(attrs)}"
+
+
+def items_frame(
+    study: str, storage: Any, arms: list[str], studies: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
     """Per-item outcomes of every replicate seed, as the study stored them on its replicate trials."""
     names = set(optuna.study.get_all_study_names(storage=storage))
     frames = []
     for arm in arms:
-        name = f"{study}/{arm}/replicate"
+        name = _replication(study, arm, studies)
         if name not in names:
             continue
         reps = optuna.load_study(study_name=name, storage=storage)
@@ -162,7 +174,9 @@ def items_frame(study: str, storage: Any, arms: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values(["arm", "seed", "item"], kind="stable")
 
 
-def failures_frame(study: str, storage: Any, arms: list[str]) -> pd.DataFrame:
+def failures_frame(
+    study: str, storage: Any, arms: list[str], studies: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
     """Replicate seeds whose run failed or was pruned (non-finite loss, OOM after its retry, a
     crash) and that no later run of the same seed completed. Interrupted runs (a signal, a lost
     worker) are not the arm's fault and are left out: they are retried on resume."""
@@ -173,7 +187,7 @@ def failures_frame(study: str, storage: Any, arms: list[str]) -> pd.DataFrame:
     names = set(optuna.study.get_all_study_names(storage=storage))
     rows = []
     for arm in arms:
-        name = f"{study}/{arm}/replicate"
+        name = _replication(study, arm, studies)
         if name not in names:
             continue
         reps = optuna.load_study(study_name=name, storage=storage)
@@ -322,8 +336,8 @@ def collect(study: str, storage: str, tracking_uri: str | None) -> StudyData:
         replicates=replicates_frame(studies),
         studies=studies,
     )
-    data.items = items_frame(study, store, list(studies))
-    data.failures = failures_frame(study, store, list(studies))
+    data.items = items_frame(study, store, list(studies), studies)
+    data.failures = failures_frame(study, store, list(studies), studies)
     data.interference = interference_frame(studies)
     data.capacity = capacity_frame(studies)
     if tracking_uri is None:

@@ -342,8 +342,19 @@ def search_curve(data: StudyData, arm: str) -> SearchCurve | None:
 
 
 def convergence_warnings(data: StudyData) -> list[str]:
-    """Arms whose best search trial came in the last quarter of the budget."""
+    """Arms whose search was extended (a re-pinned best), and arms whose best search trial came in
+    the last quarter of the budget."""
     out = []
+    for arm, st in data.studies.items():
+        for old in st.user_attrs.get("superseded") or []:
+            now = st.user_attrs.get("best_trial")
+            out.append(
+                f"{arm}: the search was extended beyond {old.get('n_trials')} trials; its best was trial "
+                f"#{old.get('best_trial')}, "
+                + (f"now #{now}" if now is not None else "not yet re-pinned")
+                + f". This report uses the current best; the earlier best's replicates stay recorded in "
+                f"{old.get('replicate_study')}."
+            )
     for arm in data.arms.index:
         c = search_curve(data, arm)
         if c is None or not c.budget or c.trials["value"].notna().sum() < 2:
@@ -353,7 +364,8 @@ def convergence_warnings(data: StudyData) -> list[str]:
         if first_best > LATE_BEST * c.budget:
             out.append(
                 f"{arm}: the best search trial was #{first_best} of {c.budget}, in the last "
-                "quarter of the budget: search may not have converged; raise study.n_trials."
+                "quarter of the budget: search may not have converged; run it again as a new study "
+                "(another study.name) with a larger study.n_trials."
             )
     return out
 

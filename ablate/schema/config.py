@@ -196,6 +196,7 @@ class FaultConfig(Schema):
         reason="must be a step >= 1 or null",
     )  # fmt: skip
     oom_times: int = field(1, "... in this many attempts: 1 = the half-batch retry succeeds, 2 = oom", ge=0)
+    step_delay_s: float = field(0.0, "sleep this long in every step: a slow worker, for drills", ge=0)
     # search trial numbers (of every arm) that get the faults; None: all runs. A mapping gives each
     # its own: {0: {oom_at_step: 2}, 3: {nan_at_step: 1}} (fields above, over the ones set above)
     trials: list[int] | dict[int, dict[str, Any]] | None = field(
@@ -239,7 +240,11 @@ class FaultConfig(Schema):
 
     @property
     def active(self) -> bool:
-        return self.nan_at_step is not None or (self.oom_at_step is not None and self.oom_times > 0)
+        return (
+            self.nan_at_step is not None
+            or (self.oom_at_step is not None and self.oom_times > 0)
+            or self.step_delay_s > 0
+        )
 
 
 class TrainConfig(Schema):
@@ -356,7 +361,7 @@ class StudyConfig(Schema):
     pruner: Pruner = field("median", "on the periodic validation evaluations")
     objective: Literal["val_loss", "val_em"] = field("val_loss", "search objective on the validation split")
     storage: str | None = field(None, "Optuna storage URL; null = sqlite:///studies/NAME.db")
-    sampler_seed: int = field(0, "with the study name and the trial count, seeds each draw")
+    sampler_seed: int = field(0, "with the study name and the trial count, seeds each draw", ge=0)
     report: bool = field(True, "write reports/NAME/ when the study ends")
     sesoi: float = field(
         0.02, "smallest test-EM difference worth finding: 'equivalent' means within it", gt=0, lt=1,
@@ -368,7 +373,10 @@ class StudyConfig(Schema):
     @classmethod
     def _named(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
-            require(bool(data.get("name")), "study", data.get("name"), "select a study: ablate study=NAME")
+            name = data.get("name")
+            if "name" in data and name is None:  # study.name=null: the key the user typed
+                raise ConfigError("study.name", "null", "a study needs a name (letters, digits, . _ - + @)")
+            require(bool(name), "study", name, "select a study: ablate study=NAME")
         return data
 
     @field_validator("capacity_levels", mode="before")

@@ -258,7 +258,7 @@ def measure_family(
 
 def measure_plan(
     regime: Regime, effect: float, n_items: int, *, first: int = V.MIN_SEEDS, n_reps: int = 300,
-    sesoi: float = SESOI, alpha: float = 0.05, seed: int = 0, cap: int = 200,
+    sesoi: float = SESOI, alpha: float = 0.05, seed: int = 0, cap: int = V.MAX_SEEDS,
 ) -> dict[str, float]:  # fmt: skip
     """Does "would need about N seeds" keep its promise? Among first rounds of ``first`` seeds
     that came out inconclusive with a plan of N <= ``cap`` seeds, top up to N seeds on the same

@@ -85,9 +85,9 @@ class Bench:
                 self._attach(arm, scaled(high, self.defaults(arm), max(levels)), capacity=True)
 
     def _attach(self, arm: Arm, values: dict[str, dict[str, Any]], capacity: bool = False) -> None:
-        trial = self.config(arm, values)
-        base = self.base(trial)
-        try:
+        try:  # the schema (a range's end out of a field's bounds) or the attach itself may refuse
+            trial = self.config(arm, values)
+            base = self.base(trial)
             components.attach(base.model, trial.peft, trial.data.max_length).detach()
         except ConfigError as err:  # name the setting that reaches the bad value
             comp, _, fname = err.key.removeprefix("peft.").partition(".")

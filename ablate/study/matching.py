@@ -34,7 +34,7 @@ def pin_best(study: Any, multi_objective: bool) -> Any:
     first time it is chosen, so every worker and every resume replicates the same one."""
     from optuna.trial import TrialState
 
-    if "best_trial" in study.user_attrs:
+    if study.user_attrs.get("best_trial") is not None:  # None: superseded by a larger search
         return study.trials[study.user_attrs["best_trial"]]
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         raise RuntimeError(f"{study.study_name}: no complete search trial to replicate")

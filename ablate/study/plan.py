@@ -8,11 +8,15 @@ the plan first), and ``StudyRunner`` runs from the same plan.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ablate.errors import ConfigError
+from ablate.errors import ConfigError, flatten
 from ablate.preflight import check_name
 from ablate.schema import Heartbeat, StudyConfig, TrackingConfig, TrialConfig
 from ablate.search import Dist, parse_space
@@ -94,3 +98,77 @@ def trial_config(
     if seed is not None:
         plain["train"]["seed"] = seed
     return TrialConfig.from_dict(plain)
+
+
+# --------------------------------------------------------------------------- the recorded plan
+
+#: Settings that do not change what a study measures (where it is stored and shown, how many
+#: processes run it, fault drills, progress bars, evaluation batch size): free to differ on resume.
+NOT_PLANNED = (
+    "study.storage", "study.report", "study.name", "study.description", "workers", "heartbeat",
+    "tracking", "export", "train.progress", "train.fault", "train.eval_batch_size",
+)  # fmt: skip
+PLAN_ATTR = "plan"  # the study user attribute (on every arm's search study) that holds the plan
+
+
+def _file_hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def record(plan: Plan) -> dict[str, Any]:
+    """What a study is, as flat ``key: value`` pairs: the composed config less ``NOT_PLANNED``, every
+    arm's search space, a hash of every data file, and the ablate version. Recorded when the study
+    is created and compared on every later run (:func:`check_recorded`)."""
+    import ablate
+
+    flat = {
+        k: v
+        for k, v in flatten(plan.plain).items()
+        if not any(k == n or k.startswith(n + ".") for n in NOT_PLANNED)
+    }
+    for arm, dists in plan.spaces.items():
+        for d in dists:
+            flat[f"space.{arm}.{d.name}"] = {
+                k: v for k, v in dataclasses.asdict(d).items() if v not in (None, ())
+            }
+    data = plan.plain.get("data") or {}
+    for key in ("path", "validation_path", "test_path"):
+        if data.get(key) and os.path.isfile(data[key]):
+            flat[f"data.{key}.sha256"] = _file_hash(data[key])
+    flat["ablate.version"] = ablate.__version__
+    return json.loads(json.dumps(flat, default=str))  # the form the storage gives back
+
+
+def check_recorded(recorded: Mapping[str, Any], plan: Plan) -> list[str]:
+    """Refuse a run that would mix two plans in one study; return the notes of safe extensions.
+
+    A larger ``study.n_trials`` extends every arm's search (the runner then re-pins each best and
+    replicates it again, ``StudyRunner.extend_search``); a larger ``study.seeds`` adds seeds. Anything else that differs is refused with one line naming
+    each key, its recorded and its new value."""
+    new = record(plan)
+    name = plan.spec.name
+    notes, bad = [], []
+    for key in sorted(set(recorded) | set(new)):
+        old, now = recorded.get(key, "<absent>"), new.get(key, "<absent>")
+        if old == now or key == "ablate.version":
+            continue
+        grows = isinstance(old, int) and isinstance(now, int) and now > old
+        if key == "study.n_trials" and grows:
+            notes.append(f"study {name}: search budget raised from {old} to {now} trials per arm")
+        elif key == "study.seeds" and grows:
+            notes.append(f"study {name}: replicate seeds raised from {old} to {now}")
+        else:
+            bad.append(f"{key}={now!r} (planned {old!r})")
+    if any(b.startswith("search.") for b in bad):  # the spaces follow from search.*: name those only
+        bad = [b for b in bad if not b.startswith("space.")]
+    if bad:
+        raise ConfigError(
+            "study.name", name,
+            f"this study was planned otherwise and its results would mix: {'; '.join(bad)}; "
+            "run it as planned, or use another study.name",
+        )  # fmt: skip
+    return notes

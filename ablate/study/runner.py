@@ -39,7 +39,7 @@ from ablate.study.budget import (
 )
 from ablate.study.config import MATCHED, Arm, combination_arms
 from ablate.study.matching import best_of, check_match, matched_rank, pin_best, scaled
-from ablate.study.plan import make_plan
+from ablate.study.plan import PLAN_ATTR, check_recorded, make_plan, record
 from ablate.study.sampling import arm_study, directions, reseeder
 from ablate.study.storage import (
     WORKER,
@@ -47,6 +47,7 @@ from ablate.study.storage import (
     StorageLock,
     check_storage,
     open_storage,
+    replicate_suffix,
     retry_lost,
     wait_for_running,
 )
@@ -66,7 +67,7 @@ class StudyRunner:
     def __init__(
         self, plain: Mapping[str, Any], overrides: list[str], echo: Callable[[str], None] = print
     ) -> None:
-        plan = make_plan(plain, overrides)
+        plan = self.plan = make_plan(plain, overrides)
         self.plain, self.spec, self.arms, self.heartbeat = plan.plain, plan.spec, plan.arms, plan.heartbeat
         self.spaces, self.trials, self.tracking = plan.spaces, plan.trials, plan.tracking
         self.echo = echo
@@ -117,6 +118,43 @@ class StudyRunner:
         self.bench.encoded(self.trials[self.spec.baseline])
         self.bench.check_extremes(self.arms, self.spaces)
 
+    def check_plan(self, storage: BaseStorage) -> None:
+        """Before anything is written: a study that exists was planned; this run must be that plan
+        (or a safe extension of it), or it is refused with one line naming what differs."""
+        prefix = f"{self.spec.name}/"
+        mine = [s for s in storage.get_all_studies() if s.study_name.startswith(prefix)]
+        recorded = next((s.user_attrs[PLAN_ATTR] for s in mine if PLAN_ATTR in s.user_attrs), None)
+        if recorded is not None:
+            for note in check_recorded(recorded, self.plan):
+                self.echo(note)
+            self.extend_search(storage)
+
+    def extend_search(self, storage: BaseStorage) -> None:
+        """A larger ``study.n_trials`` than an arm was searched with: its pinned best (if any) is
+        superseded, to be re-pinned after the extra trials and replicated again in a replication
+        study of its own (``replicate_suffix``); the earlier best, its replicates and its study
+        stay recorded under ``superseded``, and the report says so. Under the storage lock, with
+        the new budget written in the same step, so concurrent workers supersede once."""
+        prefix = f"{self.spec.name}/"
+        reset = ("best_trial", "best_config", "replicates", "interference", "capacity", "matched_params")
+        with self.lock(f"{self.spec.name}:extend"):
+            for frozen in storage.get_all_studies():
+                name, ua = frozen.study_name, frozen.user_attrs
+                if not name.startswith(prefix) or "/" in name[len(prefix) :]:
+                    continue
+                if int(ua.get("n_trials") or 0) >= self.spec.n_trials:
+                    continue
+                sid = storage.get_study_id_from_name(name)
+                if ua.get("best_trial") is not None:
+                    earlier = {k: ua.get(k) for k in ("best_trial", "best_config", "n_trials", "replicates")}
+                    earlier["replicate_study"] = name + replicate_suffix(ua)
+                    storage.set_study_user_attr(sid, "superseded", [*(ua.get("superseded") or []), earlier])
+                    storage.set_study_user_attr(sid, "pin_generation", int(ua.get("pin_generation") or 1) + 1)
+                    for key in reset:
+                        if ua.get(key) is not None:
+                            storage.set_study_user_attr(sid, key, None)
+                storage.set_study_user_attr(sid, "n_trials", self.spec.n_trials)
+
     def open(self) -> tuple[BaseStorage, dict[str, Study]]:
         """Check, then open the storage (with heartbeats), the lock, the tracker and the arm studies."""
         from ablate.tracking import make_tracker
@@ -125,8 +163,13 @@ class StudyRunner:
         self.reaper = Reaper(self.heartbeat.max_retry, on_lost=self._lost)
         storage = self.storage = open_storage(self.spec.storage_url, self.heartbeat, self.reaper)
         self.lock = StorageLock(self.spec.storage_url)
+        self.check_plan(storage)
         self.tracker = make_tracker(self.tracking)
         studies = {a.name: self.optuna_study(storage, a) for a in self.arms}
+        planned = record(self.plan)
+        for study in studies.values():  # recorded once; rewritten only by an accepted extension
+            if study.user_attrs.get(PLAN_ATTR) != planned:
+                study.set_user_attr(PLAN_ATTR, planned)
         self.wait_for_running([], studies.values())
         return storage, studies
 
@@ -279,7 +322,8 @@ class StudyRunner:
         if arm.matched and "matched_params" not in study.user_attrs:
             study.set_user_attr("matched_params", int(best.user_attrs["metrics"]["trainable_params"]))
         values = study.user_attrs["best_config"]
-        study.set_user_attr("replicates", self.replicate(arm, values, storage, "/replicate", arec, progress))
+        suffix = replicate_suffix(study.user_attrs)
+        study.set_user_attr("replicates", self.replicate(arm, values, storage, suffix, arec, progress))
         levels = [k for k in self.spec.capacity_levels or [] if k != 1]
         if levels:
             capacity = {"1": study.user_attrs["replicates"]}
@@ -311,7 +355,7 @@ class StudyRunner:
         def prepare(trial: Trial) -> TrialConfig:
             cfg = self.bench.config(arm, values, seed=int(trial.suggest_int("seed", 1, self.spec.seeds)))
             # the baseline's replicates also score the bare base: the interaction's zero-shot term
-            cfg.eval.zero_shot = arm.role == "baseline" and suffix == "/replicate"
+            cfg.eval.zero_shot = arm.role == "baseline" and suffix.startswith("/replicate")
             cfg.train.fault = cfg.train.fault.for_trial(None)  # fault.trials names search trials only
             return cfg
 
@@ -320,7 +364,7 @@ class StudyRunner:
                 arm,
                 cfg,
                 trial,
-                "replicate" if suffix == "/replicate" else suffix[1:],
+                "replicate" if suffix.startswith("/replicate") else suffix[1:],
                 arec,
                 eval_split="test",
             )
@@ -331,7 +375,7 @@ class StudyRunner:
             return Done(outcome.metrics["test_em"], {"metrics": metrics, "items": items}, text)
 
         def report(trial: Trial, text: str, took: float) -> None:
-            phase = "seed" if suffix == "/replicate" else f"{suffix[1:]} seed"
+            phase = "seed" if suffix.startswith("/replicate") else f"{suffix[1:]} seed"
             self.echo(progress.line(arm.name, phase, int(trial.params["seed"]), self.spec.seeds, text, took))
 
         while True:

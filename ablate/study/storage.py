@@ -26,7 +26,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,14 @@ INTERRUPTED = "interrupted"
 # A trial asked past the budget while the storage lock was lost (its connection died mid-ask, so
 # two workers asked at once): failed at once, before any work, and not counted.
 SURPLUS = "surplus"
+
+
+def replicate_suffix(attrs: Mapping[str, Any]) -> str:
+    """The replication study of an arm's current best, from its search study's user attrs:
+    ``NAME/<arm>/replicate``, then ``/replicate.2``, ``/replicate.3`` after each re-pin (a larger
+    ``study.n_trials``), so an earlier best's replicates stay recorded beside the new ones."""
+    gen = int(attrs.get("pin_generation") or 1)
+    return "/replicate" if gen == 1 else f"/replicate.{gen}"
 
 
 def check_storage(url: str) -> None:

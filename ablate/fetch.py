@@ -67,7 +67,20 @@ def cache_dir() -> Path:
     Read on every call (not at import) so tests and workers can redirect it.
     """
     env = os.environ.get("ABLATE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ablate"
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "ablate"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK | os.X_OK)
+    except OSError as exc:
+        writable, why = False, exc.strerror or type(exc).__name__
+    else:
+        why = "not writable"
+    if not writable:
+        key = "ABLATE_CACHE" if env else "~/.cache/ablate"
+        raise ConfigError(
+            key, str(root), f"cannot be used as ablate's cache ({why}): set ABLATE_CACHE to a writable folder"
+        )
+    return root
 
 
 def _log(msg: str) -> None:

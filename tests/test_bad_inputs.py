@@ -20,7 +20,8 @@ from tests.test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 S = "study=lora_vs_adapter"
-DATA = ["empty.jsonl", "bad.jsonl", "fields.jsonl"]  # written by the fixture; everything else is a leak
+# written by the fixture; everything else is a leak
+DATA = ["empty.jsonl", "bad.jsonl", "fields.jsonl", "adir", "notdb.db"]
 
 # (arguments, key the line must name, value it must show); model=tiny budget=smoke are added
 BAD = [
@@ -106,6 +107,20 @@ BAD = [
         "study.storag",
         "postgres:***@127.0.0.1/x",
     ),
+    # -- stores that answer but cannot be used: refused in seconds, before any training
+    ([S, "study.storage=sqlite:///adir"], "study.storage", "adir is a directory"),
+    ([S, "study.storage=sqlite:///notdb.db"], "study.storage", "not an SQLite database"),
+    (["train", "tracking.uri=sqlite:///notdb.db"], "tracking.uri", "not an SQLite database"),
+    ([S, "tracking.uri=adir"], "tracking.uri", "not a tracking store MLflow 3 accepts"),
+    (["train", "tracking.uri=databricks"], "tracking.uri", "not a tracking store MLflow 3 accepts"),
+    ([S, "study.storage=redis://127.0.0.1:6379/0"], "study.storage", "must be an SQLAlchemy database URL"),
+    ([S, "tracking.uri=postgresql://root@127.0.0.1:5432/nosuchdb"], "tracking.uri", "does not exist"),
+    ([S, "tracking.uri=http://127.0.0.1:6379"], "tracking.uri", "does not answer as an MLflow tracking"),
+    # -- clear messages
+    (["trian"], "command", "unknown command (one of train, study"),
+    ([S, "study.sampler_seed=-1"], "study.sampler_seed", "-1"),
+    ([S, "study.name=null"], "study.name", "a study needs a name"),
+    ([S, "search.lora.dropout.high=1.5"], "search.lora.dropout.high", "1.5"),
     # -- a study is a set of arms, each split its own file, each key given once
     ([S, "study.arms=[lora,lora+adapter,adapter+lora]"], "study.arms", "lora+adapter, adapter+lora"),
     ([S, "study.n_trials=5", "study.n_trials=7"], "study.n_trials", "5 and 7"),
@@ -142,6 +157,8 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", \n')
     rows = [json.dumps({"question": f"q{i}", "answer": f"a{i}"}) for i in range(20)]
     (tmp_path / "fields.jsonl").write_text("\n".join(rows))
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "notdb.db").write_text("not a database\n")
     return tmp_path
 
 

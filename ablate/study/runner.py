@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ablate.errors import redact
+from ablate.errors import ConfigError, redact
 from ablate.schema import TrialConfig
 from ablate.search import sample
 from ablate.study import records
@@ -114,6 +114,13 @@ class StudyRunner:
 
         check_storage(self.spec.storage_url)
         check_tracking(self.tracking.backend, self.tracking.uri)
+        reports = Path("reports")  # found now, not after the whole study has run
+        if self.spec.report and reports.exists() and not reports.is_dir():
+            raise ConfigError(
+                "study.report",
+                True,
+                "./reports is a file, so the report cannot be written: move it, or study.report=false",
+            )
         limit_mlflow_retries()
         self.bench.encoded(self.trials[self.spec.baseline])
         self.bench.check_extremes(self.arms, self.spaces)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import ConfigError, redact, require
+from ablate.preflight import SQL_SCHEMES, check_database_writable, check_sqlite_file
 from ablate.schema import Heartbeat
 
 # How this worker names itself on its trials (user attr ``worker``): host:pid, which the per-host
@@ -60,26 +61,20 @@ def check_storage(url: str) -> None:
         parsed = sqlalchemy.engine.make_url(url)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's URL
         raise ConfigError("study.storage", shown, f"malformed storage URL ({type(exc).__name__})") from None
-    if parsed.get_backend_name() == "sqlite":
+    backend = parsed.get_backend_name()
+    require(
+        backend in SQL_SCHEMES,
+        "study.storage",
+        shown,
+        "must be an SQLAlchemy database URL (sqlite, postgresql, mysql)",
+    )
+    if backend == "sqlite":
         db = parsed.database or ""
         require(bool(db) and db != ":memory:", "study.storage", shown, "a sqlite storage needs a file path")
-        parent = Path(db).parent
         # studies/ is created by open_storage, once every check has passed (nothing written before)
-        require(
-            parent.is_dir() or parent == Path("studies"),
-            "study.storage",
-            shown,
-            f"directory {parent} does not exist",
-        )
+        check_sqlite_file("study.storage", shown, db)
     else:
-        try:
-            engine = sqlalchemy.create_engine(url, connect_args=_connect_timeout(parsed))
-            with engine.connect():
-                pass
-            engine.dispose()
-        except Exception as exc:  # noqa: BLE001 - unreachable host, bad credentials, missing driver
-            reason = " ".join(str(exc).split())[:160]
-            raise ConfigError("study.storage", shown, f"cannot connect: {reason}") from None
+        check_database_writable("study.storage", shown, url)
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:

@@ -234,6 +234,51 @@ def validate(command: str, cfg: dict[str, Any], args: list[str]) -> None:
         TrackingConfig.from_dict(cfg.get("tracking"))
 
 
+MAX_SWEEP_CHECKS = 256  # a sweep larger than this is checked on its first jobs only
+
+
+def _split_top(value: str) -> list[str]:
+    """``a,b,[c,d]`` -> ``["a", "b", "[c,d]"]``: commas outside brackets and quotes."""
+    parts, depth, quote, cur = [], 0, "", ""
+    for ch in value:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return [*parts, cur]
+
+
+def sweep_jobs(args: list[str]) -> list[list[str]]:
+    """The jobs of a ``-m`` sweep (plain comma lists; Hydra's range()/choice() sweeps are left to
+    Hydra), so a bad value in job 3 is refused before job 1 trains and records."""
+    import itertools
+
+    if not ("-m" in args or "--multirun" in args):
+        return []
+    fixed = [a for a in args if not a.startswith("-")]
+    axes = []
+    for i, arg in enumerate(fixed):
+        m = _OVERRIDE.match(arg)
+        if m and "(" not in m["value"] and len(values := _split_top(m["value"])) > 1:
+            axes.append([(i, f"{m['prefix']}{m['key']}={v}") for v in values])
+    jobs = []
+    for combo in itertools.islice(itertools.product(*axes), MAX_SWEEP_CHECKS):
+        job = list(fixed)
+        for i, arg in combo:
+            job[i] = arg
+        jobs.append(job)
+    return jobs if axes else []
+
+
 def print_help(command: str | None, args: list[str]) -> None:
     """``ablate [COMMAND] --help``: with the values the other arguments compose (as far as they do)."""
     from ablate.help import render
@@ -309,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         composed = precompose(args)
         if composed is not None:
             validate(command, composed, args)
+        for job in sweep_jobs(args):  # -m: every job of the sweep is valid before the first runs
+            validate(command, precompose(job) or {}, job)
         task = _task(command)
     except ConfigError as err:
         print(err.one_line(), file=sys.stderr)

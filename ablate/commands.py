@@ -153,6 +153,15 @@ def study_summary(runner: Any, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def existing_store(uri: str | None) -> str | None:
+    """A tracking URI to *read* (report, export): a SQLite file that does not exist is no store at
+    all (None), not one to create; the report then says it has no learning curves."""
+    if uri and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        print(f"no MLflow store at {uri}: reading the study storage alone", file=sys.stderr)
+        return None
+    return uri
+
+
 def report_command(cfg: DictConfig) -> str:
     """``ablate report study=NAME``: rebuild reports/NAME/ from what was recorded."""
 
@@ -164,7 +173,7 @@ def report_command(cfg: DictConfig) -> str:
     check_name("study.name", spec.name)  # it becomes reports/NAME/
     check_storage(spec.storage_url)  # unreachable or malformed URL: one line, exit 2
     tracking = plain(cfg).get("tracking") or {}
-    uri = tracking.get("uri") if tracking.get("backend") == "mlflow" else None
+    uri = existing_store(tracking.get("uri") if tracking.get("backend") == "mlflow" else None)
     out = build_report(spec.name, spec.storage_url, uri, Path("reports") / spec.name, baseline=spec.baseline)
     if uri:  # the experiment's description and the arm runs' comparison metrics follow the new report
         from ablate.tracking import describe_study
@@ -185,7 +194,7 @@ def export_command(cfg: DictConfig) -> str:
     opts = ExportConfig.from_dict(p.get("export") or {})
     check_storage(spec.storage_url)
     tracking = TrackingConfig.from_dict(p.get("tracking") or {})
-    uri = tracking.uri if tracking.backend == "mlflow" else None
+    uri = existing_store(tracking.uri if tracking.backend == "mlflow" else None)
     done = export(spec.name, spec.storage_url, uri, opts, baseline=spec.baseline, question=spec.description)
     print(done.summary())
     return str(done.out)

@@ -116,6 +116,9 @@ BAD = [
     ([S, "study.storage=redis://127.0.0.1:6379/0"], "study.storage", "must be an SQLAlchemy database URL"),
     ([S, "tracking.uri=postgresql://root@127.0.0.1:5432/nosuchdb"], "tracking.uri", "does not exist"),
     ([S, "tracking.uri=http://127.0.0.1:6379"], "tracking.uri", "does not answer as an MLflow tracking"),
+    # -- found before the first trial or job, not when it is reached
+    ([S, "search.lora.targets.choices=[attention,bogus]"], "search.lora.targets.choices", "'bogus'"),
+    (["train", "-m", "train.steps=2,0"], "train.steps", "0"),
     # -- clear messages
     (["trian"], "command", "unknown command (one of train, study"),
     ([S, "study.sampler_seed=-1"], "study.sampler_seed", "-1"),

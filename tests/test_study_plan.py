@@ -100,3 +100,18 @@ def test_a_larger_search_re_pins_the_best_and_replicates_it_again(tmp_path, monk
     md = (tmp_path / "reports" / "grow" / "report.md").read_text()
     assert "lora: the search was extended beyond 3 trials; its best was trial" in md
     assert "the earlier best's replicates stay recorded in grow/lora/replicate." in md
+
+
+def test_a_report_reads_and_never_creates(tmp_path, monkeypatch, capsys):
+    """``ablate report`` on a 0-byte file does not write Optuna's schema into it, and without an
+    MLflow store it reads the study storage alone instead of creating mlflow.db."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.db").write_bytes(b"")
+    code, _, err = run_cli(["report", "study=lora_vs_adapter", "study.storage=sqlite:///empty.db"], capsys)
+    assert code == 2 and "empty.db is empty: not a study database" in err
+    assert (tmp_path / "empty.db").stat().st_size == 0
+    code, _, err = run_cli([*ONE_ARM, "study.name=r", "tracking=none"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["report", "study=lora_vs_adapter", "study.name=r"], capsys)
+    assert code == 0 and "no MLflow store at sqlite:///mlflow.db" in err, err
+    assert not (tmp_path / "mlflow.db").exists() and (tmp_path / "reports" / "r" / "report.md").exists()

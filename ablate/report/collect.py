@@ -51,13 +51,18 @@ def open_storage(url: str, study: str) -> Any:
     each ``optuna.load_study`` would open a fresh, non-retrying storage (and engine) per study."""
     from ablate.study.storage import open_storage as open_rdb
 
-    # Optuna would silently create an empty SQLite file for a mistyped path: refuse instead.
+    # Optuna would silently create (or fill an empty file with) its schema: a report only reads.
     if url.startswith("sqlite:///"):
+        from ablate.preflight import check_sqlite_file
+
         path = Path(url.removeprefix("sqlite:///"))
         if not path.exists():
             raise ConfigError(
                 "study.storage", redact(url), f"no such SQLite file; cannot read study {study!r}"
             )
+        check_sqlite_file("study.storage", redact(url), str(path))
+        if path.stat().st_size == 0:
+            raise ConfigError("study.storage", redact(url), f"{path} is empty: not a study database")
     return open_rdb(url)
 
 

@@ -43,6 +43,8 @@ def make_plan(plain: Mapping[str, Any], overrides: list[str]) -> Plan:
         check_name("study.arms", arm.name)
     spaces = {a.name: arm_space(plain, a) for a in arms}
     _check_search_overrides(spec, arms, overrides)
+    for arm in arms:
+        _check_choices(plain, spec, arm, spaces[arm.name])
     tracking = TrackingConfig.from_dict({**(plain.get("tracking") or {}), "experiment": spec.name})
     return Plan(
         plain,
@@ -67,6 +69,19 @@ def _check_search_overrides(spec: StudyConfig, arms: list[Arm], overrides: list[
         if key.startswith("search.") and key.split(".")[1] not in used:
             comp = key.split(".")[1]
             raise ConfigError(key, ov.split("=", 1)[1], f"component {comp} is in no arm of study {spec.name}")
+
+
+def _check_choices(plain: Mapping[str, Any], spec: StudyConfig, arm: Arm, dists: list[Dist]) -> None:
+    """Every choice of a categorical search field is a valid value of that field, checked now
+    (torch-free, by the schema) and named as typed, not when a trial draws it mid-study."""
+    for d in dists:
+        for choice in d.choices if d.kind == "categorical" else ():
+            try:
+                trial_config(plain, spec, arm, {d.component: {d.field: choice}})
+            except ConfigError as err:
+                raise ConfigError(
+                    f"search.{d.name}.choices", list(d.choices), f"{choice!r}: {err.reason}"
+                ) from None
 
 
 def arm_defaults(plain: Mapping[str, Any], arm: Arm) -> dict[str, dict[str, Any]]:

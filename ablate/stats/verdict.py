@@ -175,12 +175,18 @@ def plan_seeds(
                 "large for this sesoi; raise the number of test items"
             ),
         )
-    grid = np.arange(start, MAX_SEEDS + 1)
-    detect, equiv = _powers(parts, grid, n_items, sesoi, alpha, f_seed)
-    ok = np.flatnonzero((detect >= POWER) & (equiv >= POWER))
-    if not len(ok):
+
+    def enough(n: int) -> bool:
+        detect, equiv = _powers(parts, np.array([n]), n_items, sesoi, alpha, f_seed)
+        return bool(detect[0] >= POWER and equiv[0] >= POWER)
+
+    if not enough(MAX_SEEDS):
         return None, False, f"more than {MAX_SEEDS:,} seeds"
-    n = int(grid[ok[0]])
+    lo, hi = start, MAX_SEEDS  # power grows with the seeds: the smallest enough N by bisection
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid + 1, hi)
+    n = lo
     return (
         n,
         False,

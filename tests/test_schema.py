@@ -45,7 +45,7 @@ REFUSED = [
     (
         TrainConfig,
         {"fault": {"bogus": 1}},
-        "train.fault.bogus=1: unknown field (known: nan_at_step, oom_at_step, oom_times, trials)",
+        "train.fault.bogus=1: unknown field (known: nan_at_step, oom_at_step, oom_times, step_delay_s, trials)",
     ),  # fmt: skip
     (
         TrainConfig,

@@ -162,8 +162,9 @@ def check_recorded(recorded: Mapping[str, Any], plan: Plan) -> list[str]:
     """Refuse a run that would mix two plans in one study; return the notes of safe extensions.
 
     A larger ``study.n_trials`` extends every arm's search (the runner then re-pins each best and
-    replicates it again, ``StudyRunner.extend_search``); a larger ``study.seeds`` adds seeds. Anything else that differs is refused with one line naming
-    each key, its recorded and its new value."""
+    replicates it again, ``StudyRunner.extend_search``); a larger ``study.seeds`` adds seeds.
+    Anything else that differs is refused with one line naming each key, its recorded and its new
+    value."""
     new = record(plan)
     name = plan.spec.name
     notes, bad = [], []

@@ -326,7 +326,7 @@ class StudyRunner:
         (``capacity`` = {k: {seed: metrics}}), and LoRA's interference in a combination."""
         study = studies[arm.name]
         best = pin_best(study, self.mo)
-        if arm.matched and "matched_params" not in study.user_attrs:
+        if arm.matched and study.user_attrs.get("matched_params") is None:  # None: superseded
             study.set_user_attr("matched_params", int(best.user_attrs["metrics"]["trainable_params"]))
         values = study.user_attrs["best_config"]
         suffix = replicate_suffix(study.user_attrs)

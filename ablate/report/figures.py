@@ -89,7 +89,6 @@ def forest(s: Summary, out: Path) -> Fig:
         color="#cfe8cf",
         alpha=0.7,
         lw=0,
-        label=f"±sesoi ({100 * s.sesoi:.1f} EM)",
     )
     ax.axvline(0, color="grey", lw=1)
     colour = {stats.BETTER: "#1a7f37", stats.WORSE: "#b42318", stats.EQUIVALENT: "#1f4e99"}
@@ -103,12 +102,17 @@ def forest(s: Summary, out: Path) -> Fig:
         word = c.verdict if c.status in stats.DECIDABLE else f"no verdict: {c.status.replace('_', ' ')}"
         if c.verdict == stats.INCONCLUSIVE and c.seeds_needed:
             word += f" (~{c.seeds_needed} seeds)"
+        elif c.verdict == stats.INCONCLUSIVE and c.more_items_needed:
+            word += " (more test items)"
         ax.annotate(word, (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8, color=col)
     labels = [("★ " if c.primary else "") + name for name, c in reversed(rows)]
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
-    ax.set_xlabel("difference in test EM (points): thin line 95% CI (the test), thick 90% CI (equivalence)")
+    ax.set_xlabel(
+        f"difference in test EM (points): thin line 95% CI (the test), thick 90% CI (equivalence); "
+        f"shaded: ±sesoi ({100 * s.sesoi:.1f} EM)",
+        fontsize=9,
+    )
     ax.set_title("★ / diamond: primary family (Holm-adjusted); circles: secondary, unadjusted", fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3, axis="x")
     fig.subplots_adjust(right=0.75)
     return Fig(title, _save(fig, out / "forest.png"), top=True)

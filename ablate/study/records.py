@@ -127,11 +127,17 @@ def record_interference(
     def similarity(seed: str) -> dict[str, float] | None:
         try:
             return lora_similarity(tracking_uri, alone[seed]["mlflow_run_id"], mine[seed]["mlflow_run_id"])
-        except Exception as exc:  # MLflow down: this seed goes unmeasured, the study goes on
+        except (
+            Exception
+        ) as exc:  # MLflow down, or its runs gone: this seed goes unmeasured, the study goes on
             why = unreachable(exc)
-            if why is None:
+            if why is None and getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                why = "its replicate runs are not in this tracking store (deleted, or another store)"
+            elif why is None:
                 raise
-            note = f"[{arm_study.study_name}] interference of seed {seed} not measured: mlflow unreachable ({why})"
+            else:
+                why = f"mlflow unreachable ({why})"
+            note = f"[{arm_study.study_name}] interference of seed {seed} not measured: {why}"
             print(note, file=sys.stderr, flush=True)
             return None
 

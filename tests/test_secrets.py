@@ -5,7 +5,6 @@ stdout, stderr, MLflow params, tags and artifacts, the report files, and the Opt
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from ablate.errors import redact
 from tests.test_cli import override, run_cli
 from tests.test_robust import ONE_ARM
+from tests.test_study import fresh_databases
 
 # (url, what must not appear, what must stay visible)
 URLS = [
@@ -47,21 +47,8 @@ def test_plain_urls_are_left_alone():
 
 @pytest.fixture
 def two_databases():
-    try:
-        import psycopg
-
-        admin = psycopg.connect(
-            host="127.0.0.1", user="postgres", dbname="test", connect_timeout=3, autocommit=True
-        )
-    except Exception:  # noqa: BLE001
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (.ci/run starts it)")
-    names = [f"ablate_secret_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    for name in names:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield names
-    for name in names:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    with fresh_databases(2) as names:
+        yield names
 
 
 def _files_text(root: Path) -> str:

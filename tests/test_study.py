@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -295,9 +296,9 @@ def test_a_search_trial_scores_its_last_validation_pass_once(tiny_bases, monkeyp
 # Bad study input (one line, exit 2, nothing written): the table in tests/test_bad_inputs.py.
 
 
-@pytest.fixture
-def postgres_url():
-    """A fresh database on the local PostgreSQL, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_databases(n: int = 1):
+    """``n`` fresh databases on the local PostgreSQL (names), dropped afterwards; skips without it."""
     try:
         import psycopg
 
@@ -306,11 +307,22 @@ def postgres_url():
         )
     except Exception:  # noqa: BLE001
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (.ci/run starts it)")
-    name = f"ablate_{uuid.uuid4().hex[:8]}"
-    admin.execute(f"CREATE DATABASE {name}")
-    yield f"postgresql://postgres@127.0.0.1/{name}"
-    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    names = [f"ablate_{uuid.uuid4().hex[:8]}" for _ in range(n)]
+    for name in names:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield names
+    finally:
+        for name in names:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the local PostgreSQL, dropped afterwards."""
+    with fresh_databases() as (name,):
+        yield f"postgresql://postgres@127.0.0.1/{name}"
 
 
 def test_two_workers_share_one_postgres_study(workdir, postgres_url, capsys):

@@ -7,7 +7,7 @@ from these frames, which come from the storage and the tracking server alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,26 +146,27 @@ def replicates_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
     return df.sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
 
 
-def _replication(study: str, arm: str, studies: Mapping[str, Any] | None) -> str:
-    """The replication study of ``arm``'s current best (``NAME/<arm>/replicate`` unless a larger
-    search re-pinned it)."""
+def replications(
+    study: str, storage: Any, arms: list[str], studies: Mapping[str, Any] | None = None
+) -> Iterator[tuple[str, optuna.Study]]:
+    """``(arm, replication study)`` of each arm's current best that has one (``NAME/<arm>/replicate``
+    unless a larger search re-pinned it: ``replicate_suffix``)."""
     from ablate.study.storage import replicate_suffix
 
-    attrs = studies[arm].user_attrs if studies and arm in studies else {}
-    return f"{study}/{arm}{replicate_suffix(attrs)}"
+    names = set(optuna.study.get_all_study_names(storage=storage))
+    for arm in arms:
+        attrs = studies[arm].user_attrs if studies and arm in studies else {}
+        name = f"{study}/{arm}{replicate_suffix(attrs)}"
+        if name in names:
+            yield arm, optuna.load_study(study_name=name, storage=storage)
 
 
 def items_frame(
     study: str, storage: Any, arms: list[str], studies: Mapping[str, Any] | None = None
 ) -> pd.DataFrame:
     """Per-item outcomes of every replicate seed, as the study stored them on its replicate trials."""
-    names = set(optuna.study.get_all_study_names(storage=storage))
     frames = []
-    for arm in arms:
-        name = _replication(study, arm, studies)
-        if name not in names:
-            continue
-        reps = optuna.load_study(study_name=name, storage=storage)
+    for arm, reps in replications(study, storage, arms, studies):
         for t in reps.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             items = t.user_attrs.get("items")
             if not items:
@@ -189,13 +190,8 @@ def failures_frame(
 
     from ablate.study.storage import interrupted
 
-    names = set(optuna.study.get_all_study_names(storage=storage))
     rows = []
-    for arm in arms:
-        name = _replication(study, arm, studies)
-        if name not in names:
-            continue
-        reps = optuna.load_study(study_name=name, storage=storage)
+    for arm, reps in replications(study, storage, arms, studies):
         trials = reps.get_trials(deepcopy=False)
         skip = interrupted(reps)
 

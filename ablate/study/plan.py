@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +162,7 @@ def check_recorded(recorded: Mapping[str, Any], plan: Plan) -> list[str]:
     """Refuse a run that would mix two plans in one study; return the notes of safe extensions.
 
     A larger ``study.n_trials`` extends every arm's search (the runner then re-pins each best and
-    replicates it again, ``StudyRunner.extend_search``); a larger ``study.seeds`` adds seeds.
+    replicates it again, :func:`extend_search`); a larger ``study.seeds`` adds seeds.
     Anything else that differs is refused with one line naming each key, its recorded and its new
     value."""
     new = record(plan)
@@ -188,3 +188,44 @@ def check_recorded(recorded: Mapping[str, Any], plan: Plan) -> list[str]:
             "run it as planned, or use another study.name",
         )  # fmt: skip
     return notes
+
+
+def check_plan(storage: Any, plan: Plan, lock: Any, echo: Callable[[str], None]) -> None:
+    """Before anything is written: a study that exists was planned; this run must be that plan
+    (or a safe extension of it), or it is refused with one line naming what differs."""
+    prefix = f"{plan.spec.name}/"
+    mine = [s for s in storage.get_all_studies() if s.study_name.startswith(prefix)]
+    recorded = next((s.user_attrs[PLAN_ATTR] for s in mine if PLAN_ATTR in s.user_attrs), None)
+    if recorded is not None:
+        for note in check_recorded(recorded, plan):
+            echo(note)
+        extend_search(storage, plan, lock)
+
+
+def extend_search(storage: Any, plan: Plan, lock: Any) -> None:
+    """A larger ``study.n_trials`` than an arm was searched with: its pinned best (if any) is
+    superseded, to be re-pinned after the extra trials and replicated again in a replication
+    study of its own (``replicate_suffix``); the earlier best, its replicates and its study stay
+    recorded under ``superseded``, and the report says so. Under the storage lock, with the new
+    budget written in the same step, so concurrent workers supersede once."""
+    from ablate.study.storage import replicate_suffix
+
+    spec, prefix = plan.spec, f"{plan.spec.name}/"
+    reset = ("best_trial", "best_config", "replicates", "interference", "capacity", "matched_params")
+    with lock(f"{spec.name}:extend"):
+        for frozen in storage.get_all_studies():
+            name, ua = frozen.study_name, frozen.user_attrs
+            if not name.startswith(prefix) or "/" in name[len(prefix) :]:
+                continue
+            if int(ua.get("n_trials") or 0) >= spec.n_trials:
+                continue
+            sid = storage.get_study_id_from_name(name)
+            if ua.get("best_trial") is not None:
+                earlier = {k: ua.get(k) for k in ("best_trial", "best_config", "n_trials", "replicates")}
+                earlier["replicate_study"] = name + replicate_suffix(ua)
+                storage.set_study_user_attr(sid, "superseded", [*(ua.get("superseded") or []), earlier])
+                storage.set_study_user_attr(sid, "pin_generation", int(ua.get("pin_generation") or 1) + 1)
+                for key in reset:
+                    if ua.get(key) is not None:
+                        storage.set_study_user_attr(sid, key, None)
+            storage.set_study_user_attr(sid, "n_trials", spec.n_trials)

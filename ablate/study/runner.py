@@ -39,7 +39,7 @@ from ablate.study.budget import (
 )
 from ablate.study.config import MATCHED, Arm, combination_arms
 from ablate.study.matching import best_of, check_match, matched_rank, pin_best, scaled
-from ablate.study.plan import PLAN_ATTR, check_recorded, make_plan, record
+from ablate.study.plan import PLAN_ATTR, check_plan, make_plan, record
 from ablate.study.sampling import arm_study, directions, reseeder
 from ablate.study.storage import (
     WORKER,
@@ -125,43 +125,6 @@ class StudyRunner:
         self.bench.encoded(self.trials[self.spec.baseline])
         self.bench.check_extremes(self.arms, self.spaces)
 
-    def check_plan(self, storage: BaseStorage) -> None:
-        """Before anything is written: a study that exists was planned; this run must be that plan
-        (or a safe extension of it), or it is refused with one line naming what differs."""
-        prefix = f"{self.spec.name}/"
-        mine = [s for s in storage.get_all_studies() if s.study_name.startswith(prefix)]
-        recorded = next((s.user_attrs[PLAN_ATTR] for s in mine if PLAN_ATTR in s.user_attrs), None)
-        if recorded is not None:
-            for note in check_recorded(recorded, self.plan):
-                self.echo(note)
-            self.extend_search(storage)
-
-    def extend_search(self, storage: BaseStorage) -> None:
-        """A larger ``study.n_trials`` than an arm was searched with: its pinned best (if any) is
-        superseded, to be re-pinned after the extra trials and replicated again in a replication
-        study of its own (``replicate_suffix``); the earlier best, its replicates and its study
-        stay recorded under ``superseded``, and the report says so. Under the storage lock, with
-        the new budget written in the same step, so concurrent workers supersede once."""
-        prefix = f"{self.spec.name}/"
-        reset = ("best_trial", "best_config", "replicates", "interference", "capacity", "matched_params")
-        with self.lock(f"{self.spec.name}:extend"):
-            for frozen in storage.get_all_studies():
-                name, ua = frozen.study_name, frozen.user_attrs
-                if not name.startswith(prefix) or "/" in name[len(prefix) :]:
-                    continue
-                if int(ua.get("n_trials") or 0) >= self.spec.n_trials:
-                    continue
-                sid = storage.get_study_id_from_name(name)
-                if ua.get("best_trial") is not None:
-                    earlier = {k: ua.get(k) for k in ("best_trial", "best_config", "n_trials", "replicates")}
-                    earlier["replicate_study"] = name + replicate_suffix(ua)
-                    storage.set_study_user_attr(sid, "superseded", [*(ua.get("superseded") or []), earlier])
-                    storage.set_study_user_attr(sid, "pin_generation", int(ua.get("pin_generation") or 1) + 1)
-                    for key in reset:
-                        if ua.get(key) is not None:
-                            storage.set_study_user_attr(sid, key, None)
-                storage.set_study_user_attr(sid, "n_trials", self.spec.n_trials)
-
     def open(self) -> tuple[BaseStorage, dict[str, Study]]:
         """Check, then open the storage (with heartbeats), the lock, the tracker and the arm studies."""
         from ablate.tracking import make_tracker
@@ -170,7 +133,7 @@ class StudyRunner:
         self.reaper = Reaper(self.heartbeat.max_retry, on_lost=self._lost)
         storage = self.storage = open_storage(self.spec.storage_url, self.heartbeat, self.reaper)
         self.lock = StorageLock(self.spec.storage_url)
-        self.check_plan(storage)
+        check_plan(storage, self.plan, self.lock, self.echo)  # before anything is written
         self.tracker = make_tracker(self.tracking)
         studies = {a.name: self.optuna_study(storage, a) for a in self.arms}
         planned = record(self.plan)

@@ -1,13 +1,14 @@
 """Do LoRA and X interfere? Compare LoRA's weight update trained alone and trained beside X.
 
-For one replicate seed, the baseline (LoRA alone) and a LoRA+X arm start from the
-same data order; this module compares their learned LoRA updates
+For one replicate seed, the combination's own LoRA settings trained alone and the LoRA+X
+arm start from the same data order; this module compares their learned LoRA updates
 dW = s * B @ A (s = alpha/r, or alpha/sqrt(r) with rsLoRA) on every target matrix
 both runs adapted: the cosine similarity (same direction?) and the norm ratio
 (does X take over part of the work, ratio < 1, or push LoRA harder, > 1).
 
-The study calls ``lora_similarity`` once both runs of a seed exist and records the
-result, so the report only reads numbers. Inner products use the low-rank factors,
+The study records these figures for every seed (with X vs alone) and every pair of seeds of
+LoRA alone (the reseed reference), so the report only reads numbers;
+``ablate.stats.similarity`` turns them into an interval. Inner products use the low-rank factors,
 <s1 B1 A1, s2 B2 A2>_F = s1 s2 sum((B1^T B2) * (A1 A2^T)), so no d_out x d_in
 matrix is ever formed. With DoRA the magnitude vectors are left out: the figure
 is about the low-rank direction.
@@ -92,16 +93,18 @@ def load_lora(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     return state, meta["lora"]
 
 
+def run_lora(client: Any, run_id: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """``load_lora`` of one MLflow run's logged ``components`` artifact."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_lora(client.download_artifacts(run_id, "components", tmp))
+
+
 def lora_similarity(tracking_uri: str, run_alone: str, run_combo: str) -> dict[str, float] | None:
     """``update_similarity`` of two MLflow runs' logged ``components`` artifacts."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    loaded = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, run_id in enumerate((run_alone, run_combo)):
-            path = client.download_artifacts(run_id, "components", f"{tmp}/{i}")
-            loaded.append(load_lora(path))
+    loaded = [run_lora(client, run_id) for run_id in (run_alone, run_combo)]
     if any(x is None for x in loaded):
         return None
     (sa, ma), (sc, mc) = loaded

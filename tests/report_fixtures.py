@@ -52,7 +52,11 @@ COMPONENTS = {
 }
 TOTAL_PARAMS = 10_000_000
 N_ITEMS = 100  # test items per replicate; every TEST_EM above is a whole number of items
-INTERFERENCE = {"lora+adapter": {"0": 0.91, "1": 0.88, "2": 0.93}}  # cos per seed (norm ratio = cos - 0.2)
+# LoRA held fixed: cos of LoRA's update beside X vs alone per seed (norm ratio = cos - 0.2), and of
+# LoRA alone across seed pairs; LORA_ALONE is the test EM of the combination's LoRA settings alone.
+INTERFERENCE = {"lora+adapter": {"0": 0.91, "1": 0.88, "2": 0.93}}
+RESEED = {"lora+adapter": {"0,1": 0.50, "0,2": 0.55, "1,2": 0.45}}
+LORA_ALONE = {"lora+adapter": [0.60, 0.63, 0.61]}
 
 
 def item_outcomes(arm: str, seed: int, em: float | None = None) -> dict[str, list]:
@@ -307,10 +311,19 @@ def write_study(
         if arm == "matched-lora":
             attrs["matched_to"] = "lora+adapter"
         if arm in INTERFERENCE and items is None:
+            attrs["lora_alone"] = _lora_alone(storage, name, arm, seeds)
             attrs["interference"] = {
-                seed: {"cos": c, "cos_mean": c, "norm_ratio": c - 0.2, "n_matrices": 8.0}
-                for seed, c in INTERFERENCE[arm].items()
-                if int(seed) in seeds
+                "lora": "fixed",
+                "with_x": {
+                    seed: {"cos": c, "cos_mean": c, "norm_ratio": c - 0.2, "n_matrices": 8.0}
+                    for seed, c in INTERFERENCE[arm].items()
+                    if int(seed) in seeds
+                },
+                "reseed": {
+                    pair: {"cos": c, "cos_mean": c, "norm_ratio": 1.0, "n_matrices": 8.0}
+                    for pair, c in RESEED[arm].items()
+                    if all(int(x) in seeds for x in pair.split(","))
+                },
             }
         for k, v in attrs.items():
             st.set_user_attr(k, v)
@@ -319,3 +332,22 @@ def write_study(
     if ml and rec.study_run_id:
         ml.client.set_terminated(rec.study_run_id, "FINISHED")
     return rec
+
+
+def _lora_alone(storage: str, name: str, arm: str, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """``NAME/<arm>/lora-alone``: the combination's LoRA settings trained alone, one trial per seed."""
+    st = optuna.create_study(study_name=f"{name}/{arm}/lora-alone", storage=storage, direction="maximize")
+    out = {}
+    for seed in seeds:
+        em = LORA_ALONE[arm][seed]
+        m = {"test_em": em, "trainable_params": float(COSTS["lora"][0])}
+        st.add_trial(
+            optuna.trial.create_trial(
+                value=em,
+                params={"seed": seed},
+                distributions={"seed": IntDistribution(0, max(seeds))},
+                user_attrs={"metrics": m, "items": item_outcomes(arm, seed, em)},
+            )
+        )
+        out[str(seed)] = m
+    return out

@@ -64,12 +64,13 @@ def test_experiment_kind_description_arm_metrics_and_datasets_over_rest(server):
             )
 
     trials = client.search_runs([exp.experiment_id], "tags.`ablate.level` = 'trial'", max_results=1000)
-    assert len(trials) == 3 * (3 + 2)  # 3 arms x (3 search trials + 2 seeds)
+    # 3 arms x (3 search trials + 2 seeds), and lora+adapter's LoRA settings alone on the 2 seeds
+    assert len(trials) == 3 * (3 + 2) + 2
     rows_per_split = {"train": 64, "validation": 16, "test": 16}  # budget=smoke
     for run in trials:
         inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
-        # a search trial never reads the test split; a replicate reads all three
-        want = {"train", "validation"} | ({"test"} if run.data.tags["phase"] == "replicate" else set())
+        # a search trial never reads the test split; a replicate (or LoRA-alone) run reads all three
+        want = {"train", "validation"} | ({"test"} if run.data.tags["phase"] != "search" else set())
         assert set(inputs) == want, (run.data.tags["phase"], set(inputs))
         for split, ds in inputs.items():
             assert ds.name == f"arithmetic.{split}" and ds.source_type == "code" and len(ds.digest) == 12

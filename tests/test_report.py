@@ -16,11 +16,14 @@ from ablate.errors import ConfigError
 from ablate.report import build_report
 from ablate.report.collect import StudyData, collect
 from ablate.report.summary import summarise
+from ablate.stats import similarity
 from tests.report_fixtures import (
     COSTS,
     EVAL_STEPS,
     INTERFERENCE,
+    LORA_ALONE,
     N_ITEMS,
+    RESEED,
     TEST_EM,
     item_outcomes,
     val_loss_curve,
@@ -90,9 +93,25 @@ def test_summary_numbers_match_recorded_items(report):
     assert s.loc["lora+adapter", "delta_diff"] == pytest.approx(np.mean(TEST_EM["lora+adapter"]) - 0.56)
     assert s.loc["lora+adapter", "delta_p_adj"] == pytest.approx(comps["lora+adapter"].p_adj)
     assert np.isnan(s.loc["matched-lora", "delta_p_adj"])  # secondary: never Holm-adjusted
-    assert s.loc["lora+adapter", "interference_cos"] == pytest.approx(
-        np.mean(list(INTERFERENCE["lora+adapter"].values()))
+    # LoRA held fixed: Fisher-z means of the recorded cosines, by hand
+    z_with, z_reseed = (
+        np.arctanh(list(INTERFERENCE["lora+adapter"].values())),
+        np.arctanh(list(RESEED["lora+adapter"].values())),
     )
+    assert s.loc["lora+adapter", "interference_cos"] == pytest.approx(np.tanh(z_with.mean()))
+    assert s.loc["lora+adapter", "interference_reseed_cos"] == pytest.approx(np.tanh(z_reseed.mean()))
+    assert s.loc["lora+adapter", "interference_diff_z"] == pytest.approx(z_with.mean() - z_reseed.mean())
+    alone = np.array(
+        [
+            item_outcomes("lora+adapter", seed, em)["correct"]
+            for seed, em in enumerate(LORA_ALONE["lora+adapter"])
+        ]
+    )
+    fixed = stats.compare(fixture_matrix("lora+adapter"), alone.astype(float), metric="em", sesoi=0.02)
+    assert s.loc[
+        "lora+adapter", ["fixed_lora_diff", "fixed_lora_lo", "fixed_lora_hi"]
+    ].tolist() == pytest.approx([fixed.diff, fixed.lo, fixed.hi])
+    assert fixed.diff == pytest.approx(0.71 - np.mean(LORA_ALONE["lora+adapter"]))
     loss = stats.compare(
         fixture_matrix("lora+adapter", "loss"), fixture_matrix("lora", "loss"), metric="loss", sesoi=0.02
     )
@@ -151,8 +170,28 @@ def test_interference_table_reads_what_the_study_recorded(report):
     section = md.split("## Do the methods interfere?")[1].split("## ")[0]
     cos = INTERFERENCE["lora+adapter"]
     row = next(line for line in section.splitlines() if line.startswith("| lora+adapter"))
-    assert [c.strip() for c in row.split("|")[1:4]] == ["lora+adapter", "3", "0.910, 0.880, 0.930"]
-    assert f"{np.mean(list(cos.values())) - 0.2:.2f}" in section
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[:3] == ["lora+adapter", "3", "0.910, 0.880, 0.930"]
+    assert cells[3] == f"{np.mean(list(cos.values())) - 0.2:.2f}"
+    r = similarity.interference(cos, {tuple(k.split(",")): v for k, v in RESEED["lora+adapter"].items()})
+    assert cells[4:7] == [f"{r.cos_reseed:.3f}", f"{r.diff:+.2f} [{r.lo:+.2f}..{r.hi:+.2f}]", r.reading]
+    assert r.reading == similarity.LESS  # same-seed cosines ~0.9 against reseed cosines ~0.5
+    assert "tuned alone" not in section  # recorded with LoRA held fixed: no legacy caveat
+    verdict = md.split("## Verdict")[1].split("## ")[0]
+    assert "Interference in lora+adapter (LoRA held fixed)" in verdict and "less than a reseed" in verdict
+    assert "lora+adapter vs its own LoRA settings trained alone" in verdict
+
+
+def test_interference_recorded_before_lora_was_held_fixed_reads_with_its_caveat():
+    from types import SimpleNamespace
+
+    from ablate.report import render
+    from ablate.report.collect import interference_frame
+
+    legacy = {"0": {"cos": 0.9, "cos_mean": 0.9, "norm_ratio": 0.8, "n_matrices": 4.0}, "1": None}
+    frame = interference_frame({"lora+adapter": SimpleNamespace(user_attrs={"interference": legacy})})
+    assert frame[["arm", "kind", "seed", "cos"]].values.tolist() == [["lora+adapter", "tuned alone", 0, 0.9]]
+    assert render._interference_notes(frame)[-1] == render.INTERFERENCE_LEGACY
 
 
 def test_trials_csv_has_every_trial_with_its_state(recorded, report):

@@ -92,7 +92,13 @@ def test_four_local_workers_on_the_default_storage_match_one_worker(workdir, cap
     exp = client.get_experiment_by_name("four")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     levels = Counter((r.data.tags["ablate.level"], r.data.tags.get("phase")) for r in runs)
-    assert levels == {("study", None): 1, ("arm", None): 2, ("trial", "search"): 8, ("trial", "replicate"): 4}
+    assert levels == {
+        ("study", None): 1,
+        ("arm", None): 2,
+        ("trial", "search"): 8,
+        ("trial", "replicate"): 4,
+        ("trial", "lora-alone"): 2,  # the combination's LoRA settings alone: each seed once, over 4 workers
+    }
     by_id = {r.info.run_id: r for r in runs}
     study_run = next(r for r in runs if r.data.tags["ablate.level"] == "study")
     for r in runs:

@@ -288,3 +288,67 @@ def test_calibration_benchmark_smoke(tmp_path):
     assert mod["main"](["--smoke", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "calibration-smoke.md").read_text()
     assert "Cells with 3+ seeds outside the bounds: **0**" in md
+
+
+# --------------------------------------------------------------------------- interference
+
+
+def test_interference_interval_by_hand():
+    """Fisher-z difference and its delete-one-seed jackknife, written out for 3 seeds."""
+    from ablate.stats import similarity
+
+    with_x = {1: 0.90, 2: 0.80, 3: 0.95}
+    reseed = {(1, 2): 0.50, (1, 3): 0.60, (2, 3): 0.40}
+    z = math.atanh
+    full = (z(0.90) + z(0.80) + z(0.95)) / 3 - (z(0.50) + z(0.60) + z(0.40)) / 3
+    loo = [  # leave seed 1, 2, 3 out: two with-X cosines, one reseed pair left
+        (z(0.80) + z(0.95)) / 2 - z(0.40),
+        (z(0.90) + z(0.95)) / 2 - z(0.60),
+        (z(0.90) + z(0.80)) / 2 - z(0.50),
+    ]
+    mean = sum(loo) / 3
+    se = math.sqrt(2 / 3 * sum((v - mean) ** 2 for v in loo))
+    half = st.t.ppf(0.975, 2) * se
+    r = similarity.interference(with_x, reseed)
+    assert (r.n_seeds, r.diff, r.lo, r.hi) == pytest.approx((3, full, full - half, full + half))
+    assert r.cos_with_x == pytest.approx(math.tanh((z(0.90) + z(0.80) + z(0.95)) / 3))
+    assert r.reading == (similarity.LESS if full - half > 0 else similarity.SAME)
+    # keys as the storage gives them back (strings) read the same
+    again = similarity.interference(
+        {str(k): v for k, v in with_x.items()}, {(str(a), str(b)): c for (a, b), c in reseed.items()}
+    )
+    assert again == r
+
+
+def test_interference_refuses_an_interval_it_cannot_give():
+    from ablate.stats import similarity
+
+    two = similarity.interference({1: 0.9, 2: 0.8}, {(1, 2): 0.5})
+    assert two.reading == similarity.FEW and two.n_seeds == 2 and math.isnan(two.lo)
+    assert two.diff == pytest.approx((math.atanh(0.9) + math.atanh(0.8)) / 2 - math.atanh(0.5))
+    # seed 4's reseed pairs are missing (its run failed): it is dropped, the other three stay complete
+    gap = similarity.interference({1: 0.9, 2: 0.8, 3: 0.95, 4: 0.7}, {(1, 2): 0.5, (1, 3): 0.6, (2, 3): 0.4})
+    assert gap == similarity.interference({1: 0.9, 2: 0.8, 3: 0.95}, {(1, 2): 0.5, (1, 3): 0.6, (2, 3): 0.4})
+    # X that leaves LoRA exactly in place (cos = 1) gives a finite, decided reading
+    same = similarity.interference({1: 1.0, 2: 1.0, 3: 1.0}, {(1, 2): 0.5, (1, 3): 0.6, (2, 3): 0.4})
+    assert math.isfinite(same.diff) and same.reading == similarity.LESS
+
+
+INTERFERENCE_SLICE = [("null", 0.3, 1.0), ("null", 1.0, 0.5), ("strong", 0.3, 0.5), ("pulls", 1.0, 1.0)]
+
+
+@pytest.mark.parametrize("kind,reseed,uneven", INTERFERENCE_SLICE)
+def test_interference_calibration_slice(kind: str, reseed: float, uneven: float):
+    """The interference interval covers the simulated truth (600 seeded draws per cell; the full grid
+    is in benchmarks/calibration.py), and at a true 0 it rarely reads "less" or "more"."""
+    if kind == "null":
+        r = simulate.null_update_regime(reseed, uneven)
+    else:
+        r = next(
+            x for x in simulate.UPDATE_REGIMES if (x.reseed, x.uneven) == (reseed, uneven) and kind in x.name
+        )
+    for n in (3, 5):
+        m = simulate.measure_interference(r, n, n_reps=600, seed=42)
+        assert m["coverage"] >= 0.92, (r.name, n, m)
+        if kind == "null":
+            assert abs(m["truth"]) < 0.01 and m["less"] + m["more"] <= 0.08, (r.name, n, m)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -174,7 +175,13 @@ def test_smoke_study_equal_budgets_matched_arm_and_resume(workdir, capsys):
         return runs, Counter((r.data.tags.get("ablate.level"), r.data.tags.get("phase")) for r in runs)
 
     runs, count = levels()
-    assert count == {("study", None): 1, ("arm", None): 4, ("trial", "search"): 12, ("trial", "replicate"): 8}
+    assert count == {
+        ("study", None): 1,
+        ("arm", None): 4,
+        ("trial", "search"): 12,
+        ("trial", "replicate"): 8,
+        ("trial", "lora-alone"): 2,  # lora+adapter's LoRA settings alone, both seeds
+    }
     by_id = {r.info.run_id: r for r in runs}
     for r in runs:  # study > arm > trial
         parent = r.data.tags.get("mlflow.parentRunId")
@@ -428,17 +435,35 @@ def test_study_writes_a_report_matching_its_recorded_runs(workdir, capsys):
         assert summary.loc[arm, "trainable_params"] == mine[0].data.metrics["trainable_params"]
     trials = pd.read_csv(report / "trials.csv")
     assert len(trials) == 12 and set(trials["arm"]) == {"lora", "adapter", "lora+adapter", MATCHED}
-    # LoRA alone vs inside lora+adapter, per seed replicated in both; means on the arm's MLflow run
+    # The combination's own LoRA settings trained alone on the same seeds (study.interference), in a
+    # study of their own, recorded as phase lora-alone under the combination's arm run
     studies = storage_studies("sqlite:///studies/lora_vs_adapter.db")
-    inter = studies["lora_vs_adapter/lora+adapter"].user_attrs["interference"]
-    assert sorted(inter) == ["1", "2"]
+    combo = studies["lora_vs_adapter/lora+adapter"].user_attrs
+    alone_runs = client.search_runs([exp.experiment_id], "tags.phase = 'lora-alone'")
+    assert sorted(r.data.tags["seed"] for r in alone_runs) == ["1", "2"]
+    assert {r.data.tags["arm"] for r in alone_runs} == {"lora+adapter"}
+    assert sorted(combo["lora_alone"]) == ["1", "2"]
+    for seed, m in combo["lora_alone"].items():  # LoRA alone: fewer trainable params than LoRA + adapter
+        assert m["trainable_params"] < combo["replicates"][seed]["trainable_params"]
+    assert "lora_vs_adapter/lora+adapter/lora-alone" in studies
+    # LoRA beside X vs alone per seed, LoRA alone across the seed pair; summaries on the arm's MLflow run
+    inter = combo["interference"]
+    assert (
+        inter["lora"] == "fixed"
+        and sorted(inter["with_x"]) == ["1", "2"]
+        and list(inter["reseed"]) == ["1,2"]
+    )
     assert all("interference" not in studies[f"lora_vs_adapter/{a}"].user_attrs for a in ("lora", "adapter"))
-    cos = [r["cos"] for r in inter.values() if r]
-    assert all(-1.0 <= c <= 1.0 for c in cos)
+    cos = [r["cos"] for r in inter["with_x"].values()]
+    assert all(-1.0 <= c <= 1.0 for c in cos) and -1.0 <= inter["reseed"]["1,2"]["cos"] <= 1.0
     query = "tags.`ablate.level` = 'arm' and tags.arm = 'lora+adapter'"
     arm_run = client.search_runs([exp.experiment_id], query)[0]
-    assert arm_run.data.metrics.get("interference/cos") == (
-        pytest.approx(sum(cos) / len(cos)) if cos else None
+    z = [math.atanh(min(c, 1 - 1e-6)) for c in cos]
+    assert arm_run.data.metrics["interference/cos"] == pytest.approx(math.tanh(sum(z) / len(z)))
+    assert arm_run.data.metrics["interference/reseed_cos"] == pytest.approx(inter["reseed"]["1,2"]["cos"])
+    md = (report / "report.md").read_text()
+    assert (
+        "lora+adapter vs its own LoRA settings trained alone" in md and "## Do the methods interfere?" in md
     )
     study_run = client.search_runs([exp.experiment_id], "tags.`ablate.level` = 'study'")[0]
     logged = {a.path for a in client.list_artifacts(study_run.info.run_id, "report")}

@@ -20,7 +20,7 @@ from ablate.errors import ConfigError, redact
 ITEM_COLUMNS = ["arm", "seed", "item", "correct", "loss"]
 FAILURE_COLUMNS = ["arm", "seed", "state", "reason"]
 CAPACITY_COLUMNS = ["arm", "level", "seed", "test_em", "trainable_params"]
-INTERFERENCE_COLUMNS = ["arm", "seed", "cos", "cos_mean", "norm_ratio", "n_matrices"]
+INTERFERENCE_COLUMNS = ["arm", "kind", "seed", "seed2", "cos", "cos_mean", "norm_ratio", "n_matrices"]
 STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
 
@@ -150,15 +150,22 @@ def replications(
     study: str, storage: Any, arms: list[str], studies: Mapping[str, Any] | None = None
 ) -> Iterator[tuple[str, optuna.Study]]:
     """``(arm, replication study)`` of each arm's current best that has one (``NAME/<arm>/replicate``
-    unless a larger search re-pinned it: ``replicate_suffix``)."""
-    from ablate.study.storage import replicate_suffix
+    unless a larger search re-pinned it: ``replicate_suffix``), and of a combination's own LoRA
+    settings trained alone (``NAME/<arm>/lora-alone``), as the pseudo-arm ``<arm>/lora-alone``
+    (arm names never contain "/", so it cannot collide with one)."""
+    from ablate.study.storage import lora_alone_suffix, replicate_suffix
 
     names = set(optuna.study.get_all_study_names(storage=storage))
     for arm in arms:
         attrs = studies[arm].user_attrs if studies and arm in studies else {}
-        name = f"{study}/{arm}{replicate_suffix(attrs)}"
-        if name in names:
-            yield arm, optuna.load_study(study_name=name, storage=storage)
+        for label, suffix in ((arm, replicate_suffix(attrs)), (lora_alone(arm), lora_alone_suffix(attrs))):
+            if f"{study}/{arm}{suffix}" in names:
+                yield label, optuna.load_study(study_name=f"{study}/{arm}{suffix}", storage=storage)
+
+
+def lora_alone(arm: str) -> str:
+    """The pseudo-arm of ``arm``'s own LoRA settings trained alone (``study.interference``)."""
+    return f"{arm}/lora-alone"
 
 
 def items_frame(
@@ -212,14 +219,26 @@ def failures_frame(
 
 
 def interference_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
-    """LoRA-update similarity (alone vs beside X) per arm and seed, as the study recorded it."""
-    rows = [
-        {"arm": arm, "seed": int(seed), **values}
-        for arm, st in studies.items()
-        for seed, values in (st.user_attrs.get("interference") or {}).items()
-        if values
-    ]
-    return pd.DataFrame(rows, columns=INTERFERENCE_COLUMNS if not rows else None)
+    """LoRA-update similarity as the study recorded it, one row per figure: ``kind`` "with X" (LoRA
+    beside X vs the same LoRA settings alone, one seed) or "reseed" (LoRA alone, seeds ``seed`` and
+    ``seed2``); studies recorded before LoRA was held fixed have "tuned alone" rows (the baseline's
+    LoRA, tuned apart from the combination's, vs the combination's)."""
+    rows = []
+    for arm, st in studies.items():
+        rec = st.user_attrs.get("interference") or {}
+        if rec.get("lora") == "fixed":
+            for seed, v in (rec.get("with_x") or {}).items():
+                rows += [{"arm": arm, "kind": "with X", "seed": int(seed), "seed2": None, **v}] if v else []
+            for pair, v in (rec.get("reseed") or {}).items():
+                a, b = (int(x) for x in pair.split(","))
+                rows += [{"arm": arm, "kind": "reseed", "seed": a, "seed2": b, **v}] if v else []
+        else:
+            rows += [
+                {"arm": arm, "kind": "tuned alone", "seed": int(seed), "seed2": None, **v}
+                for seed, v in rec.items()
+                if v
+            ]
+    return pd.DataFrame(rows, columns=INTERFERENCE_COLUMNS).astype({"seed2": "Int64"})
 
 
 def capacity_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:

@@ -78,6 +78,7 @@ def forest(s: Summary, out: Path) -> Fig:
     title = "Every comparison at a glance (forest plot)"
     rows = [(f"{a} vs {s.baseline}", c) for a, c in s.comparisons.items()]
     rows += [(k, c) for k, c in s.secondary.items()]
+    rows += [(f"{a} vs its LoRA alone (same settings)", c) for a, c in s.fixed_lora.items()]
     rows += [(f"{a} vs {it.single} alone", it.vs_single) for a, it in s.interactions.items()]
     rows = [(name, c) for name, c in rows if c.status != stats.NO_DATA and not math.isnan(c.diff)]
     if not rows:

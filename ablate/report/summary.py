@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ablate import stats
-from ablate.report.collect import StudyData
+from ablate.report.collect import StudyData, lora_alone
+from ablate.stats import similarity
 
 METRIC, LOSS = "test_em", "test_loss"
 COSTS = (
@@ -76,6 +77,10 @@ class Summary:
     sesoi: float
     primary: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # search convergence and data notes
+    #: arm -> LoRA+X minus its own LoRA settings trained alone (same seeds): what X adds at fixed LoRA
+    fixed_lora: dict[str, stats.Comparison] = field(default_factory=dict)
+    #: arm -> does X move LoRA's update more than a reseed does (``ablate.stats.similarity``)
+    interference: dict[str, similarity.Interference] = field(default_factory=dict)
 
 
 def pts(x: float, sign: bool = True) -> str:
@@ -293,13 +298,32 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
         ]
     for col in ("diff", "lo", "hi", "p"):
         df[f"loss_delta_{col}"] = [getattr(loss_comps[a], col) if a in loss_comps else None for a in df.index]
-    inter = data.interference
-    for col in ("cos", "norm_ratio"):
-        df[f"interference_{col}"] = [
-            float(inter.loc[inter["arm"] == a, col].mean()) if (inter["arm"] == a).any() else math.nan
-            for a in df.index
-        ]
     return df, comps, loss_comps, primary
+
+
+def fixed_lora_comparisons(data: StudyData, arms: list[str], sesoi: float, alpha: float):
+    """Each combination against its own LoRA settings trained alone on the same seeds (secondary,
+    unadjusted): what X adds with LoRA held fixed, free of the baseline's different tuning."""
+    have = set(data.items["arm"]) | set(data.failures["arm"])
+    return {a: _compare(data, a, lora_alone(a), "em", sesoi, alpha) for a in arms if lora_alone(a) in have}
+
+
+def interference_readings(data: StudyData, alpha: float) -> dict[str, similarity.Interference]:
+    """Per combination recorded with LoRA held fixed: with-X cosines per seed vs reseed pairs."""
+    inter = data.interference
+    out = {}
+    for arm, g in inter[inter["kind"] != "tuned alone"].groupby("arm", sort=False):
+        with_x = g[g["kind"] == "with X"]
+        pairs = g[g["kind"] == "reseed"]
+        out[arm] = similarity.interference(
+            dict(zip(with_x["seed"], with_x["cos"], strict=True)),
+            {
+                (int(a), int(b)): c
+                for a, b, c in zip(pairs["seed"], pairs["seed2"], pairs["cos"], strict=True)
+            },
+            confidence=1 - alpha,
+        )
+    return out
 
 
 def secondary_comparisons(data: StudyData, numbers: pd.DataFrame, sesoi: float, alpha: float):
@@ -514,6 +538,11 @@ def verdict(data: StudyData, s: Summary) -> list[str]:
             + _numbers_text(c, None, False)
             + "."
         )
+    for arm, c in s.fixed_lora.items():
+        lines.append(
+            f"{arm} vs its own LoRA settings trained alone (same seeds; what X adds with LoRA held fixed) "
+            f"[secondary, unadjusted]: {_verdict_word(c, s.sesoi)}: " + _numbers_text(c, None, False) + "."
+        )
     for arm, it in s.interactions.items():
         c = it.vs_single
         lines.append(
@@ -534,6 +563,7 @@ def verdict(data: StudyData, s: Summary) -> list[str]:
             f"({round(100 * (1 - s.alpha))}% CI {pts(it.lo)}..{pts(it.hi)}, p={fmt_p(it.p)}, {it.n_seeds} seed(s))"
             f"{zero[it.zero_shot]}." + floor
         )
+    lines += [interference_text(arm, r, s.alpha) for arm, r in s.interference.items()]
     by = {k: [a for a in s.primary if s.comparisons[a].verdict == k] for k in VERDICT_ORDER}
     summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in by.items() if v)
     lines.append(
@@ -541,6 +571,21 @@ def verdict(data: StudyData, s: Summary) -> list[str]:
         f"{len(s.primary)} comparison(s)): " + (summary or "empty") + "."
     )
     return lines
+
+
+def interference_text(arm: str, r: similarity.Interference, alpha: float) -> str:
+    level = round(100 * (1 - alpha))
+    head = f"Interference in {arm} (LoRA held fixed): "
+    if r.n_seeds < 2:
+        return head + "not measured (no seed has LoRA's update alone and beside X, with a reseed pair)."
+    text = (
+        f"LoRA's update beside X vs alone, same seed: typical cosine {r.cos_with_x:.3f}; LoRA alone on "
+        f"another seed: {r.cos_reseed:.3f}; difference on Fisher's z scale {r.diff:+.2f}"
+    )
+    if r.reading == similarity.FEW:
+        return head + text + f" ({r.n_seeds} seeds: an interval needs {similarity.MIN_SEEDS})."
+    text += f" ({level}% CI {r.lo:+.2f}..{r.hi:+.2f}, {r.n_seeds} seeds): X moves LoRA's update {r.reading}"
+    return head + text + "."
 
 
 def summarise(
@@ -562,7 +607,16 @@ def summarise(
         sesoi,
         primary,
         convergence_warnings(data),
+        fixed_lora_comparisons(data, list(numbers.index), sesoi, alpha),
+        interference_readings(data, alpha),
     )
+    for arm, c in s.fixed_lora.items():
+        numbers.loc[arm, ["fixed_lora_diff", "fixed_lora_lo", "fixed_lora_hi"]] = [c.diff, c.lo, c.hi]
+    for arm, r in s.interference.items():
+        cols = ["interference_cos", "interference_reseed_cos", "interference_diff_z"]
+        numbers.loc[arm, [*cols, "interference_lo", "interference_hi"]] = [
+            r.cos_with_x, r.cos_reseed, r.diff, r.lo, r.hi,
+        ]  # fmt: skip
     for arm, it in s.interactions.items():
         numbers.loc[arm, ["interaction_diff", "interaction_lo", "interaction_hi"]] = [it.diff, it.lo, it.hi]
         c = it.vs_single

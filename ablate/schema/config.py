@@ -346,6 +346,10 @@ class StudyConfig(Schema):
     )
     matched: bool = field(True, "+ matched-lora: LoRA at the rank matching the best combination's params")
     factorial: bool = field(True, "+ X alone for every LoRA+X arm: the report's interaction needs it")
+    interference: bool = field(
+        True,
+        "+ each LoRA+X arm's LoRA settings trained alone, same seeds: interference and X's gain at fixed LoRA",
+    )
     quant: str | None = field(None, "arms without @quant use this (null: the quant group)")
     n_trials: int = field(12, "per arm: every arm gets the same search budget", gt=0)
     startup_fraction: float = field(

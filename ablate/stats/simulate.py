@@ -298,3 +298,89 @@ def measure_plan(
         "median_seeds": float(np.median(seeds_used)) if seeds_used else math.nan,
         "n": n_reps,
     }
+
+
+# --------------------------------------------------------------------------- interference
+
+
+@dataclass(frozen=True)
+class UpdateRegime:
+    """LoRA's weight update as a vector: alone at seed s, ``L_s = mu + sigma_s e_s`` (``|mu| = 1``,
+    ``e_s`` of unit expected norm, ``sigma_s = reseed * exp(uneven * N(0, 1))``: some runs wander
+    further); beside X at the same seed, ``C_s = L_s + path * f_s + shift * nu`` (``f_s`` a
+    seed-specific push, ``nu`` one direction X pulls every run towards)."""
+
+    name: str
+    reseed: float
+    path: float
+    shift: float
+    uneven: float
+    dim: int = 64
+
+
+def _updates(r: UpdateRegime, n_seeds: int, n_reps: int, rng: np.random.Generator):
+    mu, nu = np.zeros(r.dim), np.zeros(r.dim)
+    mu[0], nu[1] = 1.0, 1.0
+    sigma = r.reseed * np.exp(r.uneven * rng.standard_normal((n_reps, n_seeds, 1)))
+    alone = mu + sigma * rng.standard_normal((n_reps, n_seeds, r.dim)) / math.sqrt(r.dim)
+    combo = alone + r.path * rng.standard_normal((n_reps, n_seeds, r.dim)) / math.sqrt(r.dim) + r.shift * nu
+    return alone, combo
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+
+
+def interference_truth(r: UpdateRegime, n_draws: int = 200_000, seed: int = 0) -> float:
+    """The true difference E z(cos with X) - E z(cos across reseeds), by Monte Carlo."""
+    from ablate.stats.similarity import fisher_z
+
+    alone, combo = _updates(r, 2, n_draws, np.random.default_rng([seed, 13]))
+    return float(
+        fisher_z(_cos(alone[:, 0], combo[:, 0])).mean() - fisher_z(_cos(alone[:, 0], alone[:, 1])).mean()
+    )
+
+
+def measure_interference(
+    r: UpdateRegime, n_seeds: int, *, n_reps: int = 1000, seed: int = 0, truth: float | None = None
+) -> dict[str, float]:
+    """Coverage of ``ablate.stats.similarity``'s 95% interval, and how often it reads "less" or
+    "more than a reseed", over ``n_reps`` simulated studies of ``n_seeds`` seeds."""
+    from ablate.stats.similarity import interval_arrays
+
+    truth = interference_truth(r, seed=seed) if truth is None else truth
+    alone, combo = _updates(r, n_seeds, n_reps, np.random.default_rng([seed, n_seeds, 17]))
+    with_x = _cos(alone, combo)
+    norms = np.linalg.norm(alone, axis=-1)
+    reseed = np.einsum("rsp,rtp->rst", alone, alone) / norms[:, :, None] / norms[:, None, :]
+    out = np.array([interval_arrays(with_x[k], reseed[k]) for k in range(n_reps)])
+    lo, hi = out[:, 1], out[:, 2]
+    return {
+        "truth": truth,
+        "coverage": float(np.mean((lo <= truth) & (truth <= hi))),
+        "less": float(np.mean(lo > 0)),
+        "more": float(np.mean(hi < 0)),
+        "n": n_reps,
+    }
+
+
+UPDATE_REGIMES = [
+    UpdateRegime(f"reseed {reseed:g}, X {label}, uneven {uneven:g}", reseed, path, shift, uneven)
+    for reseed in (0.3, 1.0, 2.0)
+    for label, path, shift in (("mild", 0.3, 0.0), ("strong", 1.0, 0.0), ("pulls", 0.5, 0.5))
+    for uneven in (0.0, 0.5, 1.0)
+]
+
+
+def null_update_regime(reseed: float, uneven: float) -> UpdateRegime:
+    """X pushes each run exactly as far as a reseed does (true difference 0): the regime in which
+    any "less" or "more than a reseed" reading is false."""
+    path = optimize.brentq(
+        lambda p: interference_truth(UpdateRegime("", reseed, p, 0.0, uneven), n_draws=50_000),
+        1e-3,
+        10 * reseed + 5,
+        xtol=1e-4,
+    )
+    return UpdateRegime(
+        f"reseed {reseed:g}, X as a reseed, uneven {uneven:g}", reseed, float(path), 0.0, uneven
+    )

@@ -191,9 +191,10 @@ def plan_seeds(
         n,
         False,
         (
-            f"about {n} seeds in all would give {POWER:.0%} power to call a true difference of "
-            f"±{100 * sesoi:.1f} points and {POWER:.0%} to show equivalence when there is none "
-            f"(at alpha={alpha:.3g}, averaged over the uncertainty of this study's seed variance)"
+            f"about {n} seeds in all would give at least {POWER:.0%} power to call a true difference of "
+            f"±{100 * sesoi:.1f} points and to show equivalence when there is none (at alpha={alpha:.3g}, "
+            "averaged over the uncertainty of this study's seed variance; in the calibration harness such "
+            "plans delivered 82-99%, the most where test items, not seeds, limit the verdict)"
         ),
     )
 

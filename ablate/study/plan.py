@@ -124,6 +124,9 @@ NOT_PLANNED = (
     "tracking", "export", "train.progress", "train.fault", "train.eval_batch_size",
 )  # fmt: skip
 PLAN_ATTR = "plan"  # the study user attribute (on every arm's search study) that holds the plan
+#: Settings added after studies were first recorded, with the value that keeps such a study's plan:
+#: absent from a recorded plan and at this value now, they are not a change of plan.
+ADDED_LATER = {"study.interference": True}
 
 
 def _file_hash(path: str) -> str:
@@ -170,7 +173,7 @@ def check_recorded(recorded: Mapping[str, Any], plan: Plan) -> list[str]:
     notes, bad = [], []
     for key in sorted(set(recorded) | set(new)):
         old, now = recorded.get(key, "<absent>"), new.get(key, "<absent>")
-        if old == now or key == "ablate.version":
+        if old == now or key == "ablate.version" or (old == "<absent>" and ADDED_LATER.get(key, old) == now):
             continue
         grows = isinstance(old, int) and isinstance(now, int) and now > old
         if key == "study.n_trials" and grows:
@@ -211,7 +214,15 @@ def extend_search(storage: Any, plan: Plan, lock: Any) -> None:
     from ablate.study.storage import replicate_suffix
 
     spec, prefix = plan.spec, f"{plan.spec.name}/"
-    reset = ("best_trial", "best_config", "replicates", "interference", "capacity", "matched_params")
+    reset = (
+        "best_trial",
+        "best_config",
+        "replicates",
+        "lora_alone",
+        "interference",
+        "capacity",
+        "matched_params",
+    )
     with lock(f"{spec.name}:extend"):
         for frozen in storage.get_all_studies():
             name, ua = frozen.study_name, frozen.user_attrs

@@ -113,44 +113,64 @@ def jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
-def record_interference(
-    tracking_uri: str, arm_study: Any, baseline: Any, arec: Any
-) -> dict[str, dict[str, float] | None]:
-    """LoRA's similarity alone vs inside the combination, per seed replicated in both (MLflow only):
-    ``interference`` user attr on the arm's study, ``interference/*`` means on its MLflow run."""
+def record_interference(tracking_uri: str, arm_study: Any, arec: Any) -> dict[str, Any]:
+    """LoRA's update beside X vs the same LoRA settings trained alone (``with_x``, per seed), and
+    LoRA alone against itself on another seed (``reseed``, per pair "s,t"): the ``interference``
+    user attr on the arm's study, its means as ``interference/*`` on the arm's MLflow run.
+    MLflow only (the weights are its artifacts); a run it cannot give back leaves its figures out."""
     try:
-        from ablate.interference import lora_similarity
+        from mlflow import MlflowClient
+
+        from ablate.interference import run_lora, update_similarity
     except ImportError:
         return {}
+    from ablate.stats.similarity import interference
     from ablate.tracking import unreachable
 
-    def similarity(seed: str) -> dict[str, float] | None:
-        try:
-            return lora_similarity(tracking_uri, alone[seed]["mlflow_run_id"], mine[seed]["mlflow_run_id"])
-        except (
-            Exception
-        ) as exc:  # MLflow down, or its runs gone: this seed goes unmeasured, the study goes on
-            why = unreachable(exc)
-            if why is None and getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                why = "its replicate runs are not in this tracking store (deleted, or another store)"
-            elif why is None:
-                raise
-            else:
-                why = f"mlflow unreachable ({why})"
-            note = f"[{arm_study.study_name}] interference of seed {seed} not measured: {why}"
-            print(note, file=sys.stderr, flush=True)
-            return None
-
     mine = arm_study.user_attrs.get("replicates") or {}
-    alone = baseline.user_attrs.get("replicates") or {}
-    result = {
-        seed: similarity(seed)
-        for seed in sorted(set(mine) & set(alone))
-        if alone[seed].get("mlflow_run_id") and mine[seed].get("mlflow_run_id")
+    alone = arm_study.user_attrs.get("lora_alone") or {}
+    client = MlflowClient(tracking_uri)
+    loras: dict[str, Any] = {}
+
+    def lora(kind: str, seed: str, rec: dict[str, Any]) -> Any:
+        run_id = rec.get("mlflow_run_id")
+        if (kind, seed) not in loras:
+            try:
+                loras[kind, seed] = run_lora(client, run_id) if run_id else None
+            except Exception as exc:  # MLflow down, or its runs gone: this seed goes unmeasured
+                why = unreachable(exc)
+                if why is None and getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                    why = "its run is not in this tracking store (deleted, or another store)"
+                elif why is None:
+                    raise
+                else:
+                    why = f"mlflow unreachable ({why})"
+                note = f"[{arm_study.study_name}] interference of {kind} seed {seed} not measured: {why}"
+                print(note, file=sys.stderr, flush=True)
+                loras[kind, seed] = None
+        return loras[kind, seed]
+
+    def similarity(a: Any, b: Any) -> dict[str, float] | None:
+        return None if a is None or b is None else update_similarity(a[0], a[1], b[0], b[1])
+
+    seeds = sorted(set(alone), key=int)
+    with_x = {
+        s: similarity(lora("lora-alone", s, alone[s]), lora("with X", s, mine[s])) for s in seeds if s in mine
     }
+    reseed = {
+        f"{s},{t}": similarity(lora("lora-alone", s, alone[s]), lora("lora-alone", t, alone[t]))
+        for i, s in enumerate(seeds)
+        for t in seeds[i + 1 :]
+    }
+    result = {"lora": "fixed", "with_x": with_x, "reseed": reseed}
     arm_study.set_user_attr("interference", result)
-    for key in ("cos", "norm_ratio"):
-        values = [r[key] for r in result.values() if r and r.get(key) is not None]
-        if values:
-            arec.log_metrics({f"interference/{key}": sum(values) / len(values)})
+    it = interference(
+        {s: r["cos"] for s, r in with_x.items() if r},
+        {tuple(k.split(",")): r["cos"] for k, r in reseed.items() if r},
+    )
+    ratios = [r["norm_ratio"] for r in with_x.values() if r]
+    logged = {"interference/cos": it.cos_with_x, "interference/reseed_cos": it.cos_reseed}
+    logged |= {"interference/diff_z": it.diff}
+    logged |= {"interference/norm_ratio": sum(ratios) / len(ratios)} if ratios else {}
+    arec.log_metrics({k: v for k, v in logged.items() if v == v})  # nan: nothing measured
     return result

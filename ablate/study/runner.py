@@ -46,6 +46,7 @@ from ablate.study.storage import (
     Reaper,
     StorageLock,
     check_storage,
+    lora_alone_suffix,
     open_storage,
     replicate_suffix,
     retry_lost,
@@ -171,6 +172,8 @@ class StudyRunner:
 
     def _seeds_left(self, study: Study) -> int:
         done = [len(study.user_attrs.get("replicates") or {})]
+        if study.user_attrs.get("role") == "combination" and self.spec.interference:
+            done.append(len(study.user_attrs.get("lora_alone") or {}))
         capacity = study.user_attrs.get("capacity") or {}
         done += [len(capacity.get(str(k)) or {}) for k in self.spec.capacity_levels or [] if k != 1]
         return sum(max(self.spec.seeds - n, 0) for n in done)
@@ -301,9 +304,25 @@ class StudyRunner:
                 at_k = scaled(values, self.bench.defaults(arm), k)
                 capacity[str(k)] = self.replicate(arm, at_k, storage, f"/capacity{k}", arec, progress)
             study.set_user_attr("capacity", capacity)
+        if arm.role == "combination" and self.spec.interference:
+            self.replicate_lora_alone(arm, study, storage, arec, progress)
         arec.log_metrics(records.summary(study))
-        if self.tracking.backend == "mlflow" and arm.role == "combination":
-            records.record_interference(self.tracking.uri, study, studies[self.spec.baseline], arec)
+
+    def replicate_lora_alone(
+        self, arm: Arm, study: Study, storage: BaseStorage, arec: Recorder, progress: Progress
+    ) -> None:
+        """The combination's own LoRA settings trained alone on the same seeds (``lora_alone``):
+        the report's "what X adds at fixed LoRA", and the reference that makes interference
+        measurable (LoRA beside X vs the same LoRA alone, same seed; LoRA alone across seeds).
+        The baseline's LoRA was tuned alone and may differ in rank, alpha and targets, so it
+        cannot serve: the difference would mix those hyperparameters with interference."""
+        fixed = tuple((k, v) for k, v in arm.fixed if k.startswith("lora."))
+        alone = Arm(arm.name, ("lora",), arm.quant, "single", fixed)
+        values = {"lora": dict(study.user_attrs["best_config"].get("lora") or {})}
+        suffix = lora_alone_suffix(study.user_attrs)
+        study.set_user_attr("lora_alone", self.replicate(alone, values, storage, suffix, arec, progress))
+        if self.tracking.backend == "mlflow":
+            records.record_interference(self.tracking.uri, study, arec)
 
     def replicate(
         self,

@@ -52,6 +52,12 @@ def replicate_suffix(attrs: Mapping[str, Any]) -> str:
     return "/replicate" if gen == 1 else f"/replicate.{gen}"
 
 
+def lora_alone_suffix(attrs: Mapping[str, Any]) -> str:
+    """The study of a combination's own LoRA settings trained alone (``study.interference``),
+    ``NAME/<arm>/lora-alone`` (``.2``, ... after a re-pin, as :func:`replicate_suffix`)."""
+    return replicate_suffix(attrs).replace("/replicate", "/lora-alone")
+
+
 def check_storage(url: str) -> None:
     """A one-line ConfigError for a malformed or unreachable storage URL; writes nothing."""
     import sqlalchemy

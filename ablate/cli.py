@@ -19,16 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ablate.commands import Job, prepare
 from ablate.errors import ConfigError, redact
-from ablate.schema import (
-    COMPONENTS,
-    Config,
-    ExportConfig,
-    StudyConfig,
-    TrackingConfig,
-    TrialConfig,
-)
-from ablate.study.plan import make_plan
+from ablate.schema import COMPONENTS
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 COMMANDS = ("train", "study", "report", "worker", "export")  # ablate.help.COMMANDS describes each
@@ -145,19 +138,26 @@ def normalize_overrides(args: list[str]) -> list[str]:
     return out
 
 
-def precompose(args: list[str]) -> dict[str, Any] | None:
-    """Compose once before Hydra does, so that Hydra's own refusals (an unknown key, an override
-    it cannot parse) are one line naming the key and value with exit code 2, not Hydra's multi-line
-    message with exit code 1; returns the composed config as plain values. Flags (``--cfg``, ``-m``
-    sweeps) are left to Hydra."""
+def precompose(args: list[str], with_hydra: bool = False) -> dict[str, Any] | None:
+    """Compose the config with Hydra's compose API (the one composition of a plain run; with flags,
+    ``--cfg`` or ``-m`` sweeps, ``hydra.main`` composes each job itself and this only checks), so
+    that Hydra's own refusals (an unknown key, an override it cannot parse) are one line naming the
+    key and value with exit code 2, not Hydra's multi-line message with exit code 1. Returns the
+    config as plain values (``with_hydra``: plus Hydra's own node under ``hydra``, unresolved)."""
     if any(a.startswith("-") for a in args):
         return None
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return OmegaConf.to_container(compose("config", overrides=args), resolve=True)  # type: ignore[return-value]
+            cfg = compose("config", overrides=args, return_hydra_config=with_hydra)
+            hydra_node = cfg.hydra if with_hydra else None
+            if with_hydra:
+                with open_dict(cfg):
+                    del cfg["hydra"]
+            out = OmegaConf.to_container(cfg, resolve=True)
+            return {**out, "hydra": hydra_node} if with_hydra else out  # type: ignore[dict-item,return-value]
     except Exception as exc:  # noqa: BLE001 - any composition failure comes from the arguments
         text = " ".join(f"{exc} {exc.__cause__ or ''}".split())
 
@@ -218,22 +218,6 @@ def _flat_keys(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
             yield from _flat_keys(v, f"{prefix}{k}.")
 
 
-def validate(command: str, cfg: dict[str, Any], args: list[str]) -> None:
-    """Every check the command would make of its config, made now, before torch is imported: the
-    schema's (types, ranges, choices, cross-field rules), and for a study its whole plan (arms,
-    search spaces, each arm's trial config)."""
-    Config.from_dict(cfg)  # workers, heartbeat
-    if command == "train":
-        TrialConfig.from_dict(cfg)
-    elif command in ("study", "worker"):
-        make_plan(cfg, args)
-    else:
-        StudyConfig.from_dict(cfg.get("study"))
-    if command == "export":
-        ExportConfig.from_dict(cfg.get("export"))
-        TrackingConfig.from_dict(cfg.get("tracking"))
-
-
 MAX_SWEEP_CHECKS = 256  # a sweep larger than this is checked on its first jobs only
 
 
@@ -292,31 +276,37 @@ def print_help(command: str | None, args: list[str]) -> None:
     print(render(command, CONF, composed))
 
 
-def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """User mistakes inside a command: one line on stderr, exit code 2, no traceback."""
+def guarded(command: str) -> Callable[[Any], Any]:
+    """The task ``hydra.main`` runs (``-m`` sweeps, ``--cfg``): each job's config, composed by
+    Hydra, becomes a ``Job`` once; user mistakes inside a command are one line on stderr, exit
+    code 2, no traceback."""
 
-    def run(cfg: Any) -> Any:
-        try:
-            return task(cfg)
-        except ConfigError as err:
-            print(err.one_line(), file=sys.stderr)
-            sys.exit(2)
+    def task(cfg: Any) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
 
-    run.__name__ = task.__name__
-    run.__doc__ = task.__doc__
-    return run
+        overrides = list(HydraConfig.get().overrides.task)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        return run_job(lambda: prepare(command, plain, overrides))  # type: ignore[arg-type]
+
+    return task
 
 
-def _task(command: str) -> Callable[[Any], Any]:
+def run_job(job: Callable[[], Job] | Job) -> Any:
     from ablate import commands
 
-    return {
-        "train": commands.train_command,
-        "study": commands.study_command,
-        "worker": commands.study_command,  # a worker is a study process sharing storage with others
-        "report": commands.report_command,
-        "export": commands.export_command,
-    }[command]
+    try:
+        return commands.run(job() if callable(job) else job)
+    except ConfigError as err:
+        print(err.one_line(), file=sys.stderr)
+        sys.exit(2)
+
+
+def configure_logging(hydra_cfg: Any) -> None:
+    """What ``hydra.main`` does before a job: its ``job_logging`` (here: INFO to stdout)."""
+    from hydra.core.utils import configure_log
+
+    configure_log(hydra_cfg.job_logging, hydra_cfg.verbose)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -347,28 +337,35 @@ def main(argv: list[str] | None = None) -> None:
     if command != "train" and not any(a.split("=", 1)[0].lstrip("+~") == "peft" for a in args):
         # A study's arms pick their components; every component's fixed fields must be composed.
         args = ["peft=[" + ",".join(COMPONENTS) + "]", *args]
+    hydra_cfg = None
     try:
         if command != "train" and not any(a.split("=", 1)[0] == "study" for a in args):
             raise ConfigError("study", None, f"ablate {command} needs a study, e.g. study=lora_vs_adapter")
         args = normalize_overrides(args)
-        composed = precompose(args)
-        if composed is not None:
-            validate(command, composed, args)
-        for job in sweep_jobs(args):  # -m: every job of the sweep is valid before the first runs
-            validate(command, precompose(job) or {}, job)
-        task = _task(command)
+        composed = precompose(args, with_hydra=True)
+        job = None
+        if composed is not None:  # no flags: composed once here, run from it below
+            hydra_cfg = composed.pop("hydra")
+            job = prepare(command, composed, args)
+        for sweep in sweep_jobs(args):  # -m: every job of the sweep is valid before the first runs
+            prepare(command, precompose(sweep) or {}, sweep)
     except ConfigError as err:
         print(err.one_line(), file=sys.stderr)
         sys.exit(2)
 
-    import hydra
-
     from ablate import signals
 
-    sys.argv = ["ablate", *args]
-    app = hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")(guarded(task))
     try:
-        with signals.installed():  # SIGINT/SIGTERM: the running trial is recorded as interrupted
+        if job is not None:
+            configure_logging(hydra_cfg)
+            with signals.installed():  # SIGINT/SIGTERM: the running trial is recorded as interrupted
+                run_job(job)
+            return
+        import hydra
+
+        sys.argv = ["ablate", *args]  # flags (-m sweeps, --cfg): Hydra composes and runs each job
+        app = hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")(guarded(command))
+        with signals.installed():
             if "--cfg" in args or "-c" in args:  # Hydra prints the config: hide URL passwords in it
                 from contextlib import redirect_stdout
 

@@ -1,36 +1,81 @@
-"""The commands behind the CLI: plain functions of the composed config.
+"""The commands behind the CLI: plain functions of one typed ``Job``.
 
-Each command validates everything first (config, data, model, component
-attachment), and only then opens a tracking run, so a user's mistake never
-leaves a half-written run behind.
+The CLI composes the config once and builds the ``Job`` once (:func:`prepare`: the schema's
+checks, and for a study its whole plan), before torch is imported; the command receives it and
+builds nothing again. Each command then checks what needs the outside world (data files, the
+model, the stores) and only then opens a tracking run, so a user's mistake never leaves a
+half-written run behind.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Any
 
 from ablate.errors import redact
+from ablate.schema import Config, ExportConfig, StudyConfig, TrackingConfig, TrialConfig
+
+if TYPE_CHECKING:
+    from ablate.study.plan import Plan
 
 
-def plain(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+@dataclass(frozen=True)
+class Job:
+    """One command's typed configuration, built once from the composed config."""
+
+    command: str  # train | study | worker | report | export
+    plain: dict[str, Any]  # the composed config, resolved (what was recorded and shown)
+    overrides: list[str]  # the command line's overrides (workers re-run them)
+    config: Config  # workers, heartbeat
+    trial: TrialConfig | None = None  # train
+    plan: Plan | None = None  # study, worker
+    study: StudyConfig | None = None  # report, export
+    tracking: TrackingConfig | None = None  # report, export
+    export: ExportConfig | None = field(default=None)  # export
 
 
-def train_command(cfg: DictConfig) -> dict[str, float]:
+def prepare(command: str, plain: Mapping[str, Any], overrides: list[str]) -> Job:
+    """Every check the command makes of its config, made once, before torch is imported: the
+    schema's (types, ranges, choices, cross-field rules), and for a study its whole plan (arms,
+    search spaces, each arm's trial config). Raises ``ConfigError`` naming the key and value."""
+    plain = dict(plain)
+    config = Config.from_dict(plain)
+    if command == "train":
+        return Job(command, plain, list(overrides), config, trial=TrialConfig.from_dict(plain))
+    if command in ("study", "worker"):
+        from ablate.study.plan import make_plan
+
+        return Job(command, plain, list(overrides), config, plan=make_plan(plain, overrides))
+    study = StudyConfig.from_dict(plain.get("study"))
+    export = ExportConfig.from_dict(plain.get("export")) if command == "export" else None
+    tracking = TrackingConfig.from_dict(plain.get("tracking"))
+    return Job(command, plain, list(overrides), config, study=study, tracking=tracking, export=export)
+
+
+def run(job: Job) -> Any:
+    return {
+        "train": train_command,
+        "study": study_command,
+        "worker": study_command,  # a worker is a study process sharing storage with others
+        "report": report_command,
+        "export": export_command,
+    }[job.command](job)
+
+
+def train_command(job: Job) -> dict[str, float]:
     """``ablate train``: one trial of one arm, recorded as one MLflow run."""
     from ablate.data import load_splits
     from ablate.models import load_base
     from ablate.preflight import check_tracking, limit_mlflow_retries
     from ablate.run import prepare_data, run_trial
-    from ablate.schema import TrialConfig
     from ablate.tracking import make_tracker
     from ablate.train import NonFiniteLoss
 
-    trial = TrialConfig.from_dict(plain(cfg))
+    trial = job.trial
+    assert trial is not None
     check_tracking(trial.tracking.backend, trial.tracking.uri)  # unreachable: one line, within seconds
     limit_mlflow_retries()
     load_splits(trial.data)  # data mistakes surface before the (slow) model load
@@ -95,28 +140,18 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit("use the `ablate` command")
 
 
-def _overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # composed without @hydra.main (tests)
-        return []
-
-
-def study_command(cfg: DictConfig) -> dict[str, Any]:
+def study_command(job: Job) -> dict[str, Any]:
     """``ablate study=NAME``: search every arm, match, replicate, report; resumable."""
-    from ablate.schema import Config
     from ablate.study import StudyRunner
     from ablate.study.workers import WorkersFailed, run_workers
 
-    workers = Config.from_dict(plain(cfg)).workers
-    runner = StudyRunner(plain(cfg), _overrides())
-    if workers == 1:
+    assert job.plan is not None
+    runner = StudyRunner(job.plan)
+    if job.config.workers == 1:
         result = runner.run()
     else:  # N local worker processes on the study's storage (ablate/study/workers.py)
         try:
-            result = run_workers(runner, _overrides(), workers)
+            result = run_workers(runner, job.overrides, job.config.workers)
         except WorkersFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(exc.code)
@@ -162,18 +197,18 @@ def existing_store(uri: str | None) -> str | None:
     return uri
 
 
-def report_command(cfg: DictConfig) -> str:
+def report_command(job: Job) -> str:
     """``ablate report study=NAME``: rebuild reports/NAME/ from what was recorded."""
 
     from ablate.preflight import check_name
     from ablate.report import build_report
-    from ablate.study import StudyConfig, check_storage
+    from ablate.storage import check_storage
 
-    spec = StudyConfig.from_dict(plain(cfg).get("study") or {})
+    spec, tracking = job.study, job.tracking
+    assert spec is not None and tracking is not None
     check_name("study.name", spec.name)  # it becomes reports/NAME/
     check_storage(spec.storage_url)  # unreachable or malformed URL: one line, exit 2
-    tracking = plain(cfg).get("tracking") or {}
-    uri = existing_store(tracking.get("uri") if tracking.get("backend") == "mlflow" else None)
+    uri = existing_store(tracking.uri if tracking.backend == "mlflow" else None)
     out = build_report(spec.name, spec.storage_url, uri, Path("reports") / spec.name, baseline=spec.baseline)
     if uri:  # the experiment's description and the arm runs' comparison metrics follow the new report
         from ablate.tracking import describe_study
@@ -183,17 +218,14 @@ def report_command(cfg: DictConfig) -> str:
     return str(out)
 
 
-def export_command(cfg: DictConfig) -> str:
+def export_command(job: Job) -> str:
     """``ablate export study=NAME [arm=ARM] [seed=S] out=DIR``: the arm's trained components, usable elsewhere."""
     from ablate.export import export
-    from ablate.schema import ExportConfig, TrackingConfig
-    from ablate.study import StudyConfig, check_storage
+    from ablate.storage import check_storage
 
-    p = plain(cfg)
-    spec = StudyConfig.from_dict(p.get("study") or {})
-    opts = ExportConfig.from_dict(p.get("export") or {})
+    spec, opts, tracking = job.study, job.export, job.tracking
+    assert spec is not None and opts is not None and tracking is not None
     check_storage(spec.storage_url)
-    tracking = TrackingConfig.from_dict(p.get("tracking") or {})
     uri = existing_store(tracking.uri if tracking.backend == "mlflow" else None)
     done = export(spec.name, spec.storage_url, uri, opts, baseline=spec.baseline, question=spec.description)
     print(done.summary())

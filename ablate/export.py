@@ -258,9 +258,12 @@ def _write(
     import torch
 
     from ablate import components
-    from ablate.data import DataConfig, encode, load_splits, make_batches
+    from ablate.components import lora
+    from ablate.data import DataConfig, load_splits
+    from ablate.data.tokenize import encode, make_batches
     from ablate.models import load_base
     from ablate.schema import ModelConfig, QuantConfig
+    from ablate.schema.peft import LoraConfig
 
     model_cfg = ModelConfig.from_dict(trial["model"])
     base = load_base(model_cfg, QuantConfig.from_dict(trial["quant"]))
@@ -285,7 +288,7 @@ def _write(
         check = {"components_effect": diff(ref, logits(model))}  # > 0: the check below is not vacuous
     # LoRA alone, as peft knows it (ablate's optional LoRA gate is not a peft module)
     lora_only = stack.names == ("lora",) and not getattr(stack["lora"].cfg, "gate", False)
-    peft_state = _peft_state(model) if lora_only else None
+    peft_state = lora.peft_state(model) if lora_only else None
     stack.detach()
 
     if not merge:
@@ -297,7 +300,8 @@ def _write(
         check["ablate.load"] = diff(ref, logits(model))
         restored.detach()
     if lora_only:
-        _write_peft(staging, peft_state, choice, trial, model_cfg, base.source)
+        base_name = model_cfg.name_or_path if model_cfg.source == "pretrained" else base.source
+        lora.save_peft(str(staging), LoraConfig.from_dict(trial["peft"]["lora"]), peft_state, base_name)
         from peft import PeftModel
 
         peft_model = PeftModel.from_pretrained(model, str(staging))
@@ -322,33 +326,6 @@ def _write(
         model_card(choice, trial, meta, question, merge, lora_only, tracking_uri), encoding="utf-8"
     )
     return check
-
-
-def _peft_state(model: Any) -> dict[str, Any]:
-    """ablate's LoRA weights under the names a saved ``PeftModel`` uses (``base_model.model.`` +
-    the module path, adapter name dropped; DoRA magnitudes included), as peft itself computes them."""
-    from peft.utils import get_peft_model_state_dict
-
-    from ablate.components.lora import ADAPTER_NAME
-
-    state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
-    return {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
-
-
-def _write_peft(
-    staging: Path, state: dict[str, Any], choice: Choice, trial: dict[str, Any], model_cfg: Any, source: str
-) -> None:
-    from safetensors.torch import save_file
-
-    from ablate.components.lora import LoraConfig
-
-    lora = LoraConfig.from_dict(trial["peft"]["lora"])
-    config = lora.peft_config(
-        task_type="CAUSAL_LM",
-        base_model_name_or_path=model_cfg.name_or_path if model_cfg.source == "pretrained" else source,
-    )
-    config.save_pretrained(str(staging))
-    save_file(state, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
 def _meta(

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from ablate.components.quant import bnb_config, compute_dtype, prepare
+from ablate import device as devices
 from ablate.errors import ConfigError
+from ablate.quant import bnb_config, compute_dtype, prepare
 from ablate.schema import ModelConfig, QuantConfig
 
 # bitsandbytes' CPU backend tries to fetch an optional kernel from the hub at import and logs a
@@ -37,10 +38,6 @@ class Base:
     source: str  # where the weights came from (a path or 'tiny'), for the record
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _dtype(name: str, device: torch.device, quant: QuantConfig) -> torch.dtype:
     """The dtype of the base's weights. ``auto``: bf16 on GPUs with bf16; on the CPU fp32, except
     that a quantised base keeps its non-quantised weights (embeddings, norms) in its compute
@@ -48,7 +45,7 @@ def _dtype(name: str, device: torch.device, quant: QuantConfig) -> torch.dtype:
     4-bit linear layers (benchmarks/run.py, QLoRA memory) and buy nothing for a frozen base."""
     if name != "auto":
         return getattr(torch, name)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and devices.native_bf16(device):
         return torch.bfloat16
     if quant.enabled and quant.method != "int8":
         return compute_dtype(quant, device)
@@ -115,7 +112,7 @@ def load_base(cfg: ModelConfig, quant: QuantConfig, device: torch.device | None 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own step bar is the progress a user needs
-    device = device or pick_device()
+    device = device or devices.pick()
     path = resolve(cfg)
     dtype = _dtype(cfg.dtype, device, quant)
     if quant.enabled and device.type == "cpu" and quant.method == "int8":

@@ -22,12 +22,14 @@ import torch
 
 from ablate import components
 from ablate.components import Stack
-from ablate.data import DataConfig, EncodedList, encode, load_splits, make_batches, padding_fraction
+from ablate.data import DataConfig, load_splits
+from ablate.data.tokenize import EncodedList, encode, make_batches, padding_fraction
+from ablate.device import autocast_for
 from ablate.metrics import evaluate
 from ablate.models import Base
 from ablate.schema import TrialConfig
 from ablate.tracking import Recorder, Tracker
-from ablate.train import autocast_for, train
+from ablate.train import train
 
 SPLITS = ("train", "validation", "test")
 

@@ -18,17 +18,15 @@ survives them on any machine.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ablate.components import Stack
+from ablate.device import autocast_for
 from ablate.metrics import forward_logits, token_loss_sum
 from ablate.schema import TrainConfig
 
@@ -61,32 +59,6 @@ class TrainResult:
     @property
     def step_time_s(self) -> float:
         return self.seconds / self.steps if self.steps else 0.0
-
-
-def native_bf16_cpu() -> bool:
-    """Does this CPU do bf16 arithmetic natively (AVX512-BF16 or AMX)? There, bf16 autocast is
-    faster than fp32; elsewhere it is emulated and slower, so ``auto`` stays fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap, reliable check, so no bf16 by default
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
-
-
-def autocast_for(device: torch.device, precision: str) -> Callable[[], Any]:
-    """bf16 autocast for ``bf16``, and for ``auto`` on GPUs with bf16 and CPUs with native bf16
-    (checked against fp32 on the tiny model in tests/test_precision.py; the trainable
-    component weights and the optimizer state stay fp32 either way)."""
-    use_bf16 = precision == "bf16" or (
-        precision == "auto"
-        and (
-            (device.type == "cuda" and torch.cuda.is_bf16_supported())
-            or (device.type == "cpu" and native_bf16_cpu())
-        )
-    )
-    if not use_bf16:
-        return nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def cosine_with_warmup(steps: int, warmup_ratio: float) -> Callable[[int], float]:

@@ -50,7 +50,7 @@ import throughput as tp  # noqa: E402
 
 from ablate.components import attach  # noqa: E402
 from ablate.components.lora import LoraConfig  # noqa: E402
-from ablate.data import make_batches  # noqa: E402
+from ablate.data.tokenize import make_batches  # noqa: E402
 from ablate.models import load_base, weight_bytes  # noqa: E402
 from ablate.run import PeakMemory, seed_everything  # noqa: E402
 from ablate.schema import (
@@ -275,6 +275,7 @@ def run_study(overrides: list[str]) -> dict[str, Any]:
     pruned trial counts the steps it trained before it was stopped)."""
     import ablate.run
     from ablate.study import StudyRunner
+    from ablate.study.plan import make_plan
 
     plain = compose(overrides)
     trials: list[tuple[str, float]] = []
@@ -305,7 +306,7 @@ def run_study(overrides: list[str]) -> dict[str, Any]:
         try:
             started = time.perf_counter()
             result = StudyRunner(
-                plain, overrides, echo=lambda line: print("  " + line, file=sys.stderr)
+                make_plan(plain, overrides), echo=lambda line: print("  " + line, file=sys.stderr)
             ).run()
             wall = time.perf_counter() - started
         finally:

@@ -43,7 +43,7 @@ import gpu  # noqa: E402
 import throughput as tp  # noqa: E402
 
 from ablate.components import attach, build_configs  # noqa: E402
-from ablate.data import Encoded, make_batches  # noqa: E402
+from ablate.data.tokenize import Encoded, make_batches  # noqa: E402
 from ablate.models import load_base  # noqa: E402
 from ablate.run import PeakMemory, seed_everything  # noqa: E402
 from ablate.schema import TrainConfig

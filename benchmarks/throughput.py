@@ -9,7 +9,7 @@ by side, on the same machine, in the same process, under the same noise:
   the same quantisation: ``load_base`` for both sides),
 - the same LoRA (r=8, alpha=16, every linear layer of the blocks, dropout 0; the trainable counts
   are asserted equal),
-- the same examples (tokenized once with ``ablate.data.encode``, so both sides see identical
+- the same examples (tokenized once with ``ablate.data.tokenize.encode``, so both sides see identical
   ``input_ids``/``labels``): the built-in ``dates`` task, or ``longtail``, generated here with
   long-tailed (log-normal) lengths like real instruction data,
 - the same batch size, optimizer steps, learning rate and schedule shape, seed and precision:
@@ -63,13 +63,14 @@ from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArgume
 
 from ablate.components import Stack, attach
 from ablate.components.lora import LoraConfig as AblateLoraConfig
-from ablate.data import DataConfig, Encoded, EncodedList, Example, encode, load_splits, make_batches
-from ablate.data.tokenize import collate
+from ablate.data import DataConfig, Example, load_splits
+from ablate.data.tokenize import Encoded, EncodedList, collate, encode, make_batches
+from ablate.device import autocast_for
 from ablate.metrics import evaluate
 from ablate.models import Base, load_base, resolve
 from ablate.run import PeakMemory, seed_everything
 from ablate.schema import ModelConfig, QuantConfig, TrainConfig
-from ablate.train import autocast_for, train
+from ablate.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("ablate", "peft+Trainer", "peft+Trainer+gbl")

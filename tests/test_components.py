@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from ablate import components
 from ablate.components import arm_name, attach, build_configs, expected_params
-from ablate.data import encode, make_batches
 from ablate.data.tasks import generate_splits
+from ablate.data.tokenize import encode, make_batches
 from ablate.metrics import evaluate, forward_logits
 from ablate.schema import TrainConfig
 from ablate.train import train
@@ -237,7 +237,7 @@ def test_nf4_input_gradients_match_dequantised_weights():
     """
     import bitsandbytes as bnb
 
-    from ablate.components.quant import prepare
+    from ablate.quant import prepare
     from ablate.schema import QuantConfig
 
     torch.manual_seed(0)

@@ -25,20 +25,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ablate.cli import normalize_overrides
-from ablate.data import (
-    IGNORE_INDEX,
-    TASKS,
-    DataConfig,
-    Example,
-    encode,
-    load_splits,
-    make_batches,
-    padding_fraction,
-)
-from ablate.data.config import BUILTIN_TASKS
-from ablate.data.tasks import OPTIONS
-from ablate.data.tokenize import collate
+from ablate.data import TASKS, DataConfig, Example, load_splits
+from ablate.data.tokenize import IGNORE_INDEX, collate, encode, make_batches, padding_fraction
 from ablate.errors import ConfigError
+from ablate.schema.tasks import BUILTIN_TASKS, OPTIONS
 from ablate.tiny import build_tiny_tokenizer
 
 SPLIT_SIZES = {"train": 300, "validation": 40, "test": 60}

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ablate import train as train_mod
+from ablate import device as device_mod
 from ablate.components import attach, build_configs
-from ablate.data import encode, make_batches
 from ablate.data.tasks import generate_splits
+from ablate.data.tokenize import encode, make_batches
+from ablate.device import autocast_for
 from ablate.metrics import evaluate
 from ablate.schema import TrainConfig
-from ablate.train import autocast_for, train
+from ablate.train import train
 
 
 @pytest.mark.parametrize(
@@ -25,7 +26,7 @@ from ablate.train import autocast_for, train
     ],
 )
 def test_auto_precision_follows_the_hardware(precision, device, native, expect_bf16, monkeypatch):
-    monkeypatch.setattr(train_mod, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(device_mod, "native_bf16_cpu", lambda: native)
     ctx = autocast_for(torch.device(device), precision)()
     with ctx:
         y = torch.ones(4, 4) @ torch.ones(4, 4)
@@ -77,7 +78,7 @@ def test_gradients_cross_a_4bit_layer_after_a_bf16_evaluation():
     ``quant.prepare`` keeps it off, and that must hold under bf16 autocast too."""
     import bitsandbytes as bnb
 
-    from ablate.components.quant import prepare
+    from ablate.quant import prepare
     from ablate.schema import QuantConfig
 
     torch.manual_seed(0)

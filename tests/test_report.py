@@ -481,7 +481,7 @@ def test_failures_are_read_from_the_replicate_studies():
     from optuna.trial import TrialState, create_trial
 
     from ablate.report.collect import failures_frame
-    from ablate.study.storage import INTERRUPTED
+    from ablate.storage import INTERRUPTED
 
     storage = optuna.storages.InMemoryStorage()
     reps = optuna.create_study(study_name="x/lora/replicate", storage=storage)

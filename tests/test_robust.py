@@ -17,8 +17,8 @@ import pytest
 from optuna.trial import TrialState
 
 from ablate.schema import Heartbeat
+from ablate.storage import Reaper, StorageLock, interrupted, open_storage
 from ablate.study.budget import Done, Job, budget_left, counted, drive, enqueue_seeds, waiting
-from ablate.study.storage import Reaper, StorageLock, interrupted, open_storage
 from tests.test_cli import override, run_cli
 from tests.test_study import storage_studies
 
@@ -329,7 +329,7 @@ def _lose_connection_after(monkeypatch, name: str, commit: bool, times: int = 1,
         return base(self, *args, **kwargs)
 
     monkeypatch.setattr(owner, name, flaky)
-    monkeypatch.setattr("ablate.study.storage.RETRY_WAIT_S", (0.01, 0.01))
+    monkeypatch.setattr("ablate.storage.RETRY_WAIT_S", (0.01, 0.01))
     return calls
 
 

@@ -16,6 +16,7 @@ from ablate.components._arch import Dims
 from ablate.errors import ConfigError
 from ablate.schema import StudyConfig
 from ablate.search import Dist, sample
+from ablate.storage import INTERRUPTED, SURPLUS, fail_orphans, interrupted, no_lock
 from ablate.study.budget import (
     Done,
     Job,
@@ -32,7 +33,6 @@ from ablate.study.budget import (
 from ablate.study.config import MATCHED, parse_arms
 from ablate.study.matching import check_match, config_of, matched_rank, pin_best, scaled
 from ablate.study.sampling import make_sampler, reseeder
-from ablate.study.storage import INTERRUPTED, SURPLUS, fail_orphans, interrupted, no_lock
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DIMS = Dims(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128, context=256)

@@ -113,5 +113,5 @@ def test_a_report_reads_and_never_creates(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli([*ONE_ARM, "study.name=r", "tracking=none"], capsys)
     assert code == 0, err
     code, out, err = run_cli(["report", "study=lora_vs_adapter", "study.name=r"], capsys)
-    assert code == 0 and "no MLflow store at sqlite:///mlflow.db" in err, err
+    assert code == 0 and f"no MLflow store at sqlite:///{tmp_path}/mlflow.db" in err, err
     assert not (tmp_path / "mlflow.db").exists() and (tmp_path / "reports" / "r" / "report.md").exists()

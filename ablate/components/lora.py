@@ -33,6 +33,40 @@ def expected_params(dims: Dims, cfg: LoraConfig) -> int:
     return dims.layers * per_layer
 
 
+def peft_config(cfg: LoraConfig, **extra: Any) -> Any:
+    """The same LoRA as a ``peft.LoraConfig`` (attachment here, and PEFT directories on export)."""
+    import peft
+
+    return peft.LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_names()),
+        use_rslora=cfg.rslora,
+        use_dora=cfg.dora,
+        bias="none",
+        **extra,
+    )
+
+
+def peft_state(model: nn.Module) -> dict[str, Any]:
+    """ablate's LoRA weights under the names a saved ``PeftModel`` uses (``base_model.model.`` +
+    the module path, adapter name dropped; DoRA magnitudes included), as peft itself computes them."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+    return {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_peft(directory: str, cfg: LoraConfig, state: Mapping[str, Any], base_model: str) -> None:
+    """A PEFT adapter directory (``adapter_config.json``, ``adapter_model.safetensors``) that
+    ``PeftModel.from_pretrained`` and lm-eval's ``peft=`` load without ablate."""
+    from safetensors.torch import save_file
+
+    peft_config(cfg, task_type="CAUSAL_LM", base_model_name_or_path=base_model).save_pretrained(directory)
+    save_file(dict(state), f"{directory}/adapter_model.safetensors", metadata={"format": "pt"})
+
+
 def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from peft.tuners.lora import LoraLayer
 
@@ -52,7 +86,7 @@ def apply(model: nn.Module, cfg: LoraConfig) -> Attached:
             )
     if _lora_layers(model):
         raise RuntimeError("LoRA is already attached; detach it first")
-    peft_cfg = cfg.peft_config()
+    peft_cfg = peft_config(cfg)
     # peft marks every non-LoRA parameter frozen; our base is frozen already.
     peft.inject_adapter_in_model(peft_cfg, model, adapter_name=ADAPTER_NAME)
     gates, handles = _attach_gates(model) if cfg.gate else ([], [])

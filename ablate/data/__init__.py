@@ -1,6 +1,6 @@
 """Data: built-in generated tasks, user files and HF datasets -> encoded batches.
 
-Public surface::
+Public surface (torch-free; tokenizing and batching are ``ablate.data.tokenize``)::
 
     splits = load_splits(DataConfig.from_dict(cfg.data))  # {"train": [...], ...}
     enc = encode(splits["train"], tokenizer, cfg.data.max_length)  # enc.dropped
@@ -9,46 +9,10 @@ Public surface::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from ablate.data.config import SPLITS, DataConfig, Example
 from ablate.data.tasks import TASKS, generate_splits
 
-# Deferred on purpose: the schema validates ``data.task_options`` with ``ablate.data.tasks``, which
-# imports this package first, and validating a config must not import torch (tokenize) or pandas
-# (files). These names load their module on first use.
-_LAZY = {
-    "IGNORE_INDEX": "tokenize",
-    "Encoded": "tokenize",
-    "EncodedList": "tokenize",
-    "encode": "tokenize",
-    "make_batches": "tokenize",
-    "padding_fraction": "tokenize",
-    "load_file_splits": "files",
-    "load_hf_splits": "files",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"ablate.data.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'ablate.data' has no attribute {name!r}")
-
-
-__all__ = [
-    "IGNORE_INDEX",
-    "SPLITS",
-    "TASKS",
-    "DataConfig",
-    "Encoded",
-    "EncodedList",
-    "Example",
-    "encode",
-    "load_splits",
-    "make_batches",
-    "padding_fraction",
-]
+__all__ = ["SPLITS", "TASKS", "DataConfig", "Example", "load_splits"]
 
 
 def load_splits(cfg: DataConfig) -> dict[str, list[Example]]:

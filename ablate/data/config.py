@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ablate.schema.config import BUILTIN_TASKS, FORMATS, SOURCES, SPLITS, DataConfig
+from ablate.schema.config import FORMATS, SPLITS, DataConfig
+from ablate.schema.tasks import BUILTIN_TASKS, SOURCES
 
 __all__ = ["BUILTIN_TASKS", "FORMATS", "SOURCES", "SPLITS", "DataConfig", "Example"]
 

@@ -5,8 +5,8 @@ prompts are short on purpose: the default model is SmolLM2-135M on a laptop
 CPU, so each example stays under ~40 tokens before the chat template.
 
 A task may take keyword options (``data.task_options``, e.g. the operand
-digits of ``arithmetic``), declared once in ``OPTIONS`` with a default and a
-check; ``parse_options`` is what ``DataConfig.from_dict`` validates them with.
+digits of ``arithmetic``), declared once in ``ablate.schema.tasks.OPTIONS`` with a
+default and a check, beside the rest of the config schema (torch-free, no data).
 
 Splits are drawn from independent seeded streams, test first, and a prompt
 already used by an earlier split is redrawn, so the splits are disjoint and
@@ -21,11 +21,11 @@ import calendar
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ablate.data.config import Example
-from ablate.errors import ConfigError, require
+from ablate.errors import ConfigError
+from ablate.schema.tasks import OPTIONS, parse_options
 
 Task = Callable[..., Example]  # (rng, **options) -> Example
 
@@ -111,66 +111,6 @@ TASKS: dict[str, Task] = {
     "arithmetic": arithmetic,
     "json_extract": json_extract,
 }
-
-
-@dataclass(frozen=True)
-class Option:
-    """One keyword option of a task: its default and a check that returns the normalised value.
-
-    ``parse`` raises ``ValueError(reason)`` on a bad value; the reason ends up in the
-    one-line ``ConfigError`` keyed ``data.task_options.<name>``.
-    """
-
-    default: Any
-    parse: Callable[[Any], Any]
-
-
-MAX_DIGITS = 9
-
-
-def _digits(x: Any) -> list[int]:
-    ok = isinstance(x, Sequence) and not isinstance(x, str) and len(x) == 2
-    ok = ok and all(isinstance(n, int) and not isinstance(n, bool) for n in x)
-    if not ok or not 1 <= x[0] <= x[1] <= MAX_DIGITS:
-        raise ValueError(
-            f"must be [low, high] operand digits, integers with 1 <= low <= high <= {MAX_DIGITS}"
-        )
-    return [int(x[0]), int(x[1])]
-
-
-def _ops(x: Any) -> str:
-    if not isinstance(x, str) or not x or set(x) - set("+-") or len(set(x)) != len(x):
-        raise ValueError('must be "+", "-" or "+-" (the operations to draw from)')
-    return "".join(op for op in "+-" if op in x)  # "-+" and "+-" are the same task
-
-
-#: name -> option -> spec, for the tasks that take options; the defaults are the generator's.
-OPTIONS: dict[str, dict[str, Option]] = {
-    "arithmetic": {"digits": Option([2, 4], _digits), "ops": Option("+-", _ops)},
-}
-
-
-def parse_options(name: str, given: Any) -> dict[str, Any]:
-    """Validate and normalise the ``data.task_options`` of task ``name`` (only the given keys).
-
-    Raises ``ConfigError`` keyed ``data.task_options.<option>`` for an unknown
-    option or a bad value, or ``data.task_options`` if it is not a mapping.
-    """
-    if given is None:
-        return {}
-    require(isinstance(given, Mapping), "data.task_options", given, "must be a mapping of option: value")
-    specs = OPTIONS.get(name, {})
-    out: dict[str, Any] = {}
-    for key, value in given.items():
-        known = f"known: {sorted(specs)}" if specs else "it takes none"
-        if name not in TASKS:
-            known = "only built-in tasks take options"
-        require(key in specs, f"data.task_options.{key}", value, f"unknown option for data={name}; {known}")
-        try:
-            out[str(key)] = specs[key].parse(value)
-        except ValueError as e:
-            raise ConfigError(f"data.task_options.{key}", value, str(e)) from e
-    return out
 
 
 def _stream_seed(name: str, seed: int, split: str, options: Mapping[str, Any]) -> str:

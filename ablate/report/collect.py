@@ -47,9 +47,9 @@ class StudyData:
 
 def open_storage(url: str, study: str) -> Any:
     """One storage object for everything the report reads: the study's retrying RDB storage
-    (``ablate.study.storage``), whose calls survive a dropped database connection. A URL handed to
+    (``ablate.storage``), whose calls survive a dropped database connection. A URL handed to
     each ``optuna.load_study`` would open a fresh, non-retrying storage (and engine) per study."""
-    from ablate.study.storage import open_storage as open_rdb
+    from ablate.storage import open_storage as open_rdb
 
     # Optuna would silently create (or fill an empty file with) its schema: a report only reads.
     if url.startswith("sqlite:///"):
@@ -153,7 +153,7 @@ def replications(
     unless a larger search re-pinned it: ``replicate_suffix``), and of a combination's own LoRA
     settings trained alone (``NAME/<arm>/lora-alone``), as the pseudo-arm ``<arm>/lora-alone``
     (arm names never contain "/", so it cannot collide with one)."""
-    from ablate.study.storage import lora_alone_suffix, replicate_suffix
+    from ablate.storage import lora_alone_suffix, replicate_suffix
 
     names = set(optuna.study.get_all_study_names(storage=storage))
     for arm in arms:
@@ -195,7 +195,7 @@ def failures_frame(
     worker) are not the arm's fault and are left out: they are retried on resume."""
     from optuna.trial import TrialState
 
-    from ablate.study.storage import interrupted
+    from ablate.storage import interrupted
 
     rows = []
     for arm, reps in replications(study, storage, arms, studies):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from ablate.schema.base import Schema, describe, field, unknown_reason
 from ablate.schema.config import (
-    BUILTIN_TASKS,
     DTYPE_NAMES,
     FORMATS,
     MAX_WORKERS,
@@ -18,7 +17,6 @@ from ablate.schema.config import (
     PRUNERS,
     QUANT_METHODS,
     SAMPLERS,
-    SOURCES,
     SPLITS,
     Config,
     DataConfig,
@@ -43,6 +41,7 @@ from ablate.schema.peft import (
     check_context,
     parse_arm,
 )
+from ablate.schema.tasks import BUILTIN_TASKS, SOURCES
 
 __all__ = [
     "BUILTIN_TASKS",

@@ -16,6 +16,7 @@ from pydantic import field_validator, model_validator
 from ablate.errors import ConfigError, require
 from ablate.schema.base import Schema, field
 from ablate.schema.peft import ComponentConfig, arm_name, build_configs, parse_arm
+from ablate.schema.tasks import BUILTIN_TASKS, Source, parse_options
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 QuantMethod = Literal["none", "nf4", "fp4", "int8"]
@@ -62,11 +63,6 @@ class QuantConfig(Schema):
 
 
 # -- data ---------------------------------------------------------------------------------------
-#: Every accepted ``data.name``: a built-in task, user files, or a Hugging Face dataset.
-Source = Literal["dates", "arithmetic", "json_extract", "file", "hf"]
-SOURCES = typing.get_args(Source)
-#: Generated tasks shipped with ablate (kept in sync with ``tasks.TASKS`` by a test).
-BUILTIN_TASKS = SOURCES[:3]
 #: File formats, inferred from the extension when ``data.format`` is null.
 Format = Literal["jsonl", "csv", "parquet"]
 FORMATS = typing.get_args(Format)
@@ -97,7 +93,7 @@ class DataConfig(Schema):
     n_test: int | None = field(200, "examples (null: all of a file)", gt=0)
     seed: int = field(0, "seed of the generated tasks and of the split")
     max_length: int = field(128, "tokens per example (prompt + response), longer ones are refused", gt=0)
-    #: keyword options of a built-in task, e.g. ``{"digits": [1, 2]}`` for arithmetic (``tasks.OPTIONS``)
+    #: keyword options of a built-in task, e.g. ``{"digits": [1, 2]}`` for arithmetic (``schema.tasks.OPTIONS``)
     task_options: dict[str, Any] = field({}, "options of a built-in task, e.g. {digits: [1, 2]}")
 
     @property
@@ -138,8 +134,6 @@ class DataConfig(Schema):
             return data
         data = dict(data)
         if data.get("task_options") is not None:
-            from ablate.data.tasks import parse_options  # the tasks' own option specs (no torch)
-
             data["task_options"] = parse_options(data.get("name", "dates"), data["task_options"])
         elif "task_options" in data:
             data["task_options"] = {}

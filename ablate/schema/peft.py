@@ -64,21 +64,6 @@ class LoraConfig(ComponentConfig):
         require(not (self.gate and self.dora), self.key("gate"), self.gate, "cannot be combined with dora")
         return self
 
-    def peft_config(self, **extra: Any) -> Any:
-        """The same LoRA as a ``peft.LoraConfig`` (attachment here, and PEFT directories on export)."""
-        import peft  # deferred: the schema never imports torch
-
-        return peft.LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_names()),
-            use_rslora=self.rslora,
-            use_dora=self.dora,
-            bias="none",
-            **extra,
-        )
-
     def target_names(self) -> tuple[str, ...]:
         return TARGET_SETS[self.targets] if isinstance(self.targets, str) else tuple(self.targets)
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 from typing import Any
 
 from ablate.schema import OBJECTIVES, PRUNERS, SAMPLERS, StudyConfig
+from ablate.storage import check_storage, open_storage
 from ablate.study.budget import Pruned
 from ablate.study.config import MATCHED, Arm, parse_arms
-from ablate.study.storage import check_storage, open_storage
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from ablate.errors import ConfigError
 from ablate.signals import protected
-from ablate.study.storage import INTERRUPTED, SURPLUS, WORKER, heartbeat, interrupted
+from ablate.storage import INTERRUPTED, SURPLUS, WORKER, heartbeat, interrupted
 
 T = TypeVar("T")
 Lock = Callable[[str], Any]

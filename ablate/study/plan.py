@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
 from ablate.errors import ConfigError, flatten
@@ -141,8 +142,6 @@ def record(plan: Plan) -> dict[str, Any]:
     """What a study is, as flat ``key: value`` pairs: the composed config less ``NOT_PLANNED``, every
     arm's search space, a hash of every data file, and the ablate version. Recorded when the study
     is created and compared on every later run (:func:`check_recorded`)."""
-    import ablate
-
     flat = {
         k: v
         for k, v in flatten(plan.plain).items()
@@ -157,7 +156,7 @@ def record(plan: Plan) -> dict[str, Any]:
     for key in ("path", "validation_path", "test_path"):
         if data.get(key) and os.path.isfile(data[key]):
             flat[f"data.{key}.sha256"] = _file_hash(data[key])
-    flat["ablate.version"] = ablate.__version__
+    flat["ablate.version"] = version("ablate")
     return json.loads(json.dumps(flat, default=str))  # the form the storage gives back
 
 
@@ -211,7 +210,7 @@ def extend_search(storage: Any, plan: Plan, lock: Any) -> None:
     study of its own (``replicate_suffix``); the earlier best, its replicates and its study stay
     recorded under ``superseded``, and the report says so. Under the storage lock, with the new
     budget written in the same step, so concurrent workers supersede once."""
-    from ablate.study.storage import replicate_suffix
+    from ablate.storage import replicate_suffix
 
     spec, prefix = plan.spec, f"{plan.spec.name}/"
     reset = (

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+from ablate.storage import no_lock
 from ablate.study.config import Arm
-from ablate.study.storage import no_lock
 
 
 def find_run(tracker: Any, tags: Mapping[str, str]) -> str | None:

@@ -21,6 +21,17 @@ from typing import TYPE_CHECKING, Any
 from ablate.errors import ConfigError, redact
 from ablate.schema import TrialConfig
 from ablate.search import sample
+from ablate.storage import (
+    WORKER,
+    Reaper,
+    StorageLock,
+    check_storage,
+    lora_alone_suffix,
+    open_storage,
+    replicate_suffix,
+    retry_lost,
+    wait_for_running,
+)
 from ablate.study import records
 from ablate.study.bench import Bench
 from ablate.study.budget import (
@@ -39,19 +50,8 @@ from ablate.study.budget import (
 )
 from ablate.study.config import MATCHED, Arm, combination_arms
 from ablate.study.matching import best_of, check_match, matched_rank, pin_best, scaled
-from ablate.study.plan import PLAN_ATTR, check_plan, make_plan, record
+from ablate.study.plan import PLAN_ATTR, Plan, check_plan, record
 from ablate.study.sampling import arm_study, directions, reseeder
-from ablate.study.storage import (
-    WORKER,
-    Reaper,
-    StorageLock,
-    check_storage,
-    lora_alone_suffix,
-    open_storage,
-    replicate_suffix,
-    retry_lost,
-    wait_for_running,
-)
 
 if TYPE_CHECKING:  # types only: the runner imports Optuna and the training stack where it uses them
     from optuna import Study
@@ -65,10 +65,9 @@ if TYPE_CHECKING:  # types only: the runner imports Optuna and the training stac
 class StudyRunner:
     """Runs one study in this worker: search every arm, match, replicate, report."""
 
-    def __init__(
-        self, plain: Mapping[str, Any], overrides: list[str], echo: Callable[[str], None] = print
-    ) -> None:
-        plan = self.plan = make_plan(plain, overrides)
+    def __init__(self, plan: Plan, echo: Callable[[str], None] = print) -> None:
+        """From the study's plan (``ablate.study.plan.make_plan``), built once by the CLI."""
+        self.plan = plan
         self.plain, self.spec, self.arms, self.heartbeat = plan.plain, plan.spec, plan.arms, plan.heartbeat
         self.spaces, self.trials, self.tracking = plan.spaces, plan.trials, plan.tracking
         self.echo = echo

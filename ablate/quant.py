@@ -1,8 +1,7 @@
-"""4-bit / 8-bit base through bitsandbytes, applied when the base is loaded.
+"""4-bit / 8-bit base through bitsandbytes, applied when the base is loaded (``ablate.models``).
 
-Unlike the other components, quantisation is a property of the loaded base,
-not something attached per trial: a worker quantises its base once and every
-trial's components attach on top of it.
+Quantisation is a property of the loaded base, not a component attached per trial: a worker
+quantises its base once and every trial's components attach on top of it.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ablate.device import native_bf16
 from ablate.schema import QuantConfig
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,15 +39,6 @@ def bnb_config(cfg: QuantConfig, device: torch.device) -> Any:
         bnb_4bit_use_double_quant=cfg.double_quant,
         bnb_4bit_compute_dtype=compute_dtype(cfg, device),
     )
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Does this device do bf16 arithmetic natively: a GPU with bf16, or a CPU with AVX512-BF16/AMX?"""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    from ablate.train import native_bf16_cpu  # deferred: ablate.train imports the components
-
-    return device.type == "cpu" and native_bf16_cpu()
 
 
 def prepare(model: torch.nn.Module, cfg: QuantConfig) -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """How often is the verdict wrong? The calibration grid of ``ablate.stats.simulate``.
 
-    python benchmarks/calibration.py            # full grid -> benchmarks/results/calibration.{md,json}
-    python benchmarks/calibration.py --smoke    # a few cells, seconds (the test suite runs this)
+    python -m benchmarks calibration            # full grid -> benchmarks/results/calibration.{md,json}
+    python -m benchmarks calibration --smoke    # a few cells, seconds (the test suite runs this)
 
 Every regime (item-dominated to seed-dominated, binary EM and continuous loss) x design (2-20
 seeds, 64-2,000 items) x true effect (0, ±sesoi/2, ±sesoi, ±2 sesoi; sesoi = 2 points): coverage
@@ -92,7 +92,7 @@ def render(res: dict, seconds: float) -> str:
     lines = [
         f"# Verdict calibration ({date.today().isoformat()})",
         "",
-        f"`python benchmarks/calibration.py`, {seconds / 60:.1f} min on {platform.processor() or 'this CPU'}. "
+        f"`python -m benchmarks calibration`, {seconds / 60:.1f} min on {platform.processor() or 'this CPU'}. "
         "Simulated (seeds x items) outcomes with a known true effect (`ablate/stats/simulate.py`: item "
         "difficulty, item x arm, per-seed shifts correlated between arms, seed x item noise); sesoi = 2 "
         "points. Rates in percent over the draws of each cell (1,000 per cell for the current core; 200 for "
@@ -239,7 +239,3 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.md").write_text(render(res, seconds), encoding="utf-8")
     print(f"wrote {args.out / stem}.md in {seconds:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The GPU benchmark: trainer throughput, study overhead and QLoRA memory on CUDA, with MFU.
 
-    python benchmarks/gpu.py                      # on a CUDA machine: llama1b, about 5 minutes
-    python benchmarks/gpu.py --device cpu --model tiny --quick --out-dir /tmp/gpu   # dry run of the code
+    python -m benchmarks gpu                      # on a CUDA machine: llama1b, about 5 minutes
+    python -m benchmarks gpu --device cpu --model tiny --quick --out-dir /tmp/gpu   # dry run of the code
 
 The model is a random-init Llama of TinyLlama-1.1B's shape (``benchmarks/throughput.py``
 ``SHAPES["llama1b"]``; no download: built once from a config and saved as safetensors). Its
@@ -44,20 +44,14 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: throughput.py beside it
-
-import throughput as tp  # noqa: E402
-
-from ablate.components import attach  # noqa: E402
-from ablate.components.lora import LoraConfig  # noqa: E402
-from ablate.data.tokenize import make_batches  # noqa: E402
-from ablate.models import load_base, weight_bytes  # noqa: E402
-from ablate.run import PeakMemory, seed_everything  # noqa: E402
-from ablate.schema import (
-    QuantConfig,  # noqa: E402
-    TrainConfig,
-)
-from ablate.train import train  # noqa: E402
+from ablate.components import attach
+from ablate.components.lora import LoraConfig
+from ablate.data.tokenize import make_batches
+from ablate.models import load_base, weight_bytes
+from ablate.run import PeakMemory, seed_everything
+from ablate.schema import QuantConfig, TrainConfig
+from ablate.train import train
+from benchmarks import throughput as tp
 
 #: Dense bf16 tensor-core peaks from the vendors' datasheets (SXM parts, no sparsity), TFLOP/s.
 DATASHEET_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
@@ -167,7 +161,7 @@ def qlora_memory(setup: tp.Setup, steps: int) -> dict[str, Any]:
     for name, quant, dtype in (("bf16", "none", "bfloat16"), ("nf4", "nf4", "auto")):
         tp.release_memory()
         cfg = QuantConfig.from_dict({"method": quant, "double_quant": True})
-        base = load_base(dataclasses.replace(setup.model_cfg, dtype=dtype), cfg, setup.device)
+        base = load_base(setup.model_cfg.model_copy(update={"dtype": dtype}), cfg, setup.device)
         weights = weight_bytes(base.model)
         seed_everything(0)
         lora = LoraConfig.from_dict(
@@ -266,57 +260,48 @@ def study_overrides(model: str, quant: str, steps: int, batch_size: int) -> list
         "eval.knockout=false",
         "eval.zero_shot=false",
         "eval.save_components=false",
+        "study.interference=false",
     ]
 
 
 def run_study(overrides: list[str]) -> dict[str, Any]:
-    """Run a study in this process on a throw-away storage; record every run_trial call's phase
-    (search or replicate), seconds and training steps (counted by the loop's step hook, so a
-    pruned trial counts the steps it trained before it was stopped)."""
-    import ablate.run
+    """Run a study in this process on a throw-away storage and read back what its trials recorded:
+    every run's ``wall_s`` (``run_trial``'s own clock; a trial stopped before it recorded metrics
+    counts Optuna's duration) by phase, and the training steps of the search (a pruned trial:
+    the step of the evaluation that stopped it)."""
+    from optuna.trial import TrialState
+
     from ablate.study import StudyRunner
     from ablate.study.plan import make_plan
 
     plain = compose(overrides)
-    trials: list[tuple[str, float]] = []
-    steps: dict[str, int] = {"validation": 0, "test": 0}
-    real_trial, real_train = ablate.run.run_trial, ablate.run.train
-    phase = ["validation"]
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        phase[0] = kwargs.get("eval_split", "test")
-        started = time.perf_counter()
-        try:
-            return real_trial(*args, **kwargs)
-        finally:
-            trials.append((phase[0], time.perf_counter() - started))
-
-    def counted(*args: Any, on_log: Any = None, **kwargs: Any) -> Any:
-        def log(step: int, row: dict[str, float]) -> None:
-            if "train_loss" in row:
-                steps[phase[0]] += 1
-            if on_log:
-                on_log(step, row)
-
-        return real_train(*args, on_log=log, **kwargs)
-
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         plain["study"]["storage"] = f"sqlite:///{tmp}/study.db"
-        ablate.run.run_trial, ablate.run.train = timed, counted
-        try:
-            started = time.perf_counter()
-            result = StudyRunner(
-                make_plan(plain, overrides), echo=lambda line: print("  " + line, file=sys.stderr)
-            ).run()
-            wall = time.perf_counter() - started
-        finally:
-            ablate.run.run_trial, ablate.run.train = real_trial, real_train
+        started = time.perf_counter()
+        result = StudyRunner(
+            make_plan(plain, overrides), echo=lambda line: print("  " + line, file=sys.stderr)
+        ).run()
+        wall = time.perf_counter() - started
+        trials: list[tuple[str, float]] = []
+        search_steps = 0
+        for study in result["studies"].values():
+            for t in study.get_trials(deepcopy=False):
+                m = t.user_attrs.get("metrics") or {}
+                seconds = m.get("wall_s", t.duration.total_seconds() if t.duration else 0.0)
+                trials.append(("validation", float(seconds)))
+                if t.state == TrialState.COMPLETE:
+                    search_steps += int(m["steps"])
+                elif t.intermediate_values:
+                    search_steps += max(t.intermediate_values)
+            trials += [
+                ("test", float(r["wall_s"])) for r in (study.user_attrs.get("replicates") or {}).values()
+            ]
         best = {
             name: study.best_value
             for name, study in result["studies"].items()
             if any(t.state.name == "COMPLETE" for t in study.trials)
         }
-    return {"wall_s": wall, "trials": trials, "search_steps": steps["validation"], "best_values": best}
+    return {"wall_s": wall, "trials": trials, "search_steps": search_steps, "best_values": best}
 
 
 def compose(overrides: list[str]) -> dict[str, Any]:
@@ -341,6 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", choices=tp.MODELS, default="llama1b")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="fewer steps and trials (a dry run of the code)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the whole path on the CPU and the tiny model: seconds, no figures",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -349,8 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.device, args.model, args.rounds, args.batch_size, args.quick = "cpu", "tiny", 1, 4, True
     device = torch.device(args.device)
-    steps = args.steps or (6 if args.quick else 25)
+    steps = args.steps or (3 if args.smoke else 6 if args.quick else 25)
+    n_train = (lambda n: 32) if args.smoke else (lambda n: n)
     only = set(args.only.split(","))
     started = time.perf_counter()
     peak = {"measured": measured_peak_tflops(device), "datasheet": datasheet_tflops(device)}
@@ -358,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {
         "benchmark": "gpu",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks gpu " + " ".join(sys.argv[1:] if argv is None else argv),
         "environment": tp.environment(device),
         "model": args.model,
         "shape": tp.SHAPES.get(args.model),
@@ -375,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             break
         setup, info = tp.build_setup(
             model=args.model, data=data, device=device, quant="nf4", steps=steps,
-            batch_size=args.batch_size, n_train=1024 if data == "longtail" else None,
+            batch_size=args.batch_size, n_train=n_train(1024) if data == "longtail" else None,
         )  # fmt: skip
         sides = tp.SIDES if data == "longtail" else tp.SIDES[:2]
         print(f"throughput on {data} ({info})", file=sys.stderr)
@@ -389,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "profile" in only:
         setup, _ = tp.build_setup(
             model=args.model, data="longtail", device=device, quant="nf4", steps=steps,
-            batch_size=args.batch_size, n_train=1024,
+            batch_size=args.batch_size, n_train=n_train(1024),
         )  # fmt: skip
         print("profile", file=sys.stderr)
         args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -398,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "memory" in only:
         setup, info = tp.build_setup(
             model=args.model, data="longtail", device=device, quant="nf4", steps=steps,
-            batch_size=args.batch_size, n_train=512,
+            batch_size=args.batch_size, n_train=n_train(512),
         )  # fmt: skip
         print("QLoRA memory", file=sys.stderr)
         memory = qlora_memory(setup, max(3, steps // 3))
@@ -411,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["qlora_memory"] = memory
         flush()
     if "study" in only:
-        n = 3 if args.quick else 6
+        n = 2 if args.smoke else 3 if args.quick else 6
         print(f"study overhead ({n} trials + 2 seeds)", file=sys.stderr)
         results["study_overhead"] = study_overhead(args.model, n, 2, steps, device)
         flush()
@@ -516,7 +509,3 @@ def markdown(r: dict[str, Any]) -> list[str]:
 
 def pct(x: float | None) -> str:
     return f"{100 * x:.1f}%" if x is not None else "n/a"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """All of ablate's performance measurements in one run, as side-by-side ratios.
 
-    python benchmarks/run.py --quick      # the same measurements, smaller: under 10 minutes on 2 CPU cores
-    python benchmarks/run.py              # the full run (SmolLM2 throughput and pruning: about an hour here)
+    python -m benchmarks run --quick      # the same measurements, smaller: under 10 minutes on 2 CPU cores
+    python -m benchmarks run              # the full run (SmolLM2 throughput and pruning: about an hour here)
 
 Writes ``benchmarks/results/<date>.json`` (every run, every setting, the environment) and
 ``<date>.md`` (the tables the README quotes). Every figure is a ratio of two things measured in
@@ -37,17 +37,14 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the modules beside it
-
-import gpu  # noqa: E402
-import throughput as tp  # noqa: E402
-
-from ablate.components import attach, build_configs  # noqa: E402
-from ablate.data.tokenize import Encoded, make_batches  # noqa: E402
-from ablate.models import load_base  # noqa: E402
-from ablate.run import PeakMemory, seed_everything  # noqa: E402
+from ablate.components import attach, build_configs
+from ablate.data.tokenize import Encoded, make_batches
+from ablate.models import load_base
+from ablate.run import PeakMemory, seed_everything
 from ablate.schema import TrainConfig
-from ablate.train import train  # noqa: E402
+from ablate.train import train
+from benchmarks import gpu
+from benchmarks import throughput as tp
 
 CPU = torch.device("cpu")
 ARMS = ("lora", "lora+adapter", "lora+prefix", "lora+prompt")
@@ -70,6 +67,8 @@ class Sizes:
 
 QUICK = Sizes("mid", 10, 3, "tiny", 12, 6, 8, "mid", 6, ("tiny", "mid"), 4)
 FULL = Sizes("smollm2", 30, 3, "mid", 30, 8, 8, "smollm2", 10, ("tiny", "mid", "smollm2"), 6)
+#: every item on the tiny model, one round, a few steps: the code path in seconds, no figure to quote
+SMOKE = Sizes("tiny", 3, 1, "tiny", 4, 2, 2, "tiny", 3, ("tiny",), 3)
 
 
 # --------------------------------------------------------------------------- 1. throughput
@@ -80,7 +79,7 @@ def throughput(sizes: Sizes) -> dict[str, Any]:
     for data in ("longtail", "dates"):
         setup, info = tp.build_setup(
             model=sizes.throughput_model, data=data, device=CPU, steps=sizes.throughput_steps, batch_size=8,
-            n_train=1000 if data == "longtail" else None,
+            n_train=(40 if sizes is SMOKE else 1000) if data == "longtail" else (40 if sizes is SMOKE else None),
         )  # fmt: skip
         sides = tp.SIDES if data == "longtail" else tp.SIDES[:2]
         print(f"1. throughput, {sizes.throughput_model} on {data}: {info}", file=sys.stderr)
@@ -202,7 +201,7 @@ def scaling(sizes: Sizes) -> dict[str, Any]:
             if length == 128:
                 out["model"][model] = {**r, "params": sum(p.numel() for p in base.model.parameters())}
         del base
-    for n in (2, 4):
+    for n in (2, 4) if sizes is not SMOKE else (2,):
         probe = gpu.run_study(
             [
                 *gpu.study_overrides("tiny", "none", 6, 8),
@@ -347,21 +346,25 @@ def markdown(r: dict[str, Any]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ablate's benchmarks: ratios measured side by side")
     parser.add_argument("--quick", action="store_true", help="smaller models and fewer steps: < 10 min here")
+    parser.add_argument(
+        "--smoke", action="store_true", help="every item on the tiny model: seconds, no figures"
+    )
     parser.add_argument("--only", default="throughput,study,pruning,memory,components,scaling,profile")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     only = set(args.only.split(","))
     date = datetime.now(UTC)
     results: dict[str, Any] = {
         "benchmark": "run",
-        "mode": "quick" if args.quick else "full",
+        "mode": mode,
         "date": date.strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks run " + " ".join(sys.argv[1:] if argv is None else argv),
         "sizes": dataclasses.asdict(sizes),
         "environment": tp.environment(CPU),
     }
-    stem = args.out_dir / (date.strftime("%Y-%m-%d") + ("-quick" if args.quick else ""))
+    stem = args.out_dir / (date.strftime("%Y-%m-%d") + ("" if mode == "full" else f"-{mode}"))
     started = time.perf_counter()
 
     def flush() -> None:
@@ -375,12 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "study_overhead": lambda: gpu.study_overhead(sizes.study_model, sizes.study_trials, 2, sizes.study_steps, CPU, "none", 8),
         "pruning": lambda: pruning(sizes),
         "qlora_memory": lambda: gpu.qlora_memory(
-            tp.build_setup(model="smollm2", data="dates", device=CPU, steps=3, batch_size=8)[0], 3
+            tp.build_setup(model="tiny" if args.smoke else "smollm2", data="dates", device=CPU, steps=3,
+                           batch_size=8)[0], 3
         ),
         "components": lambda: components(sizes),
         "profile": lambda: gpu.profile_sides(
             tp.build_setup(model=sizes.throughput_model, data="longtail", device=CPU, steps=4, batch_size=8,
-                           n_train=200)[0],
+                           n_train=40 if args.smoke else 200)[0],
             args.out_dir,
             active=3,
         ),
@@ -396,7 +400,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(markdown(results)))
     print(f"wrote {stem}.json and {stem}.md in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

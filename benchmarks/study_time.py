@@ -1,6 +1,6 @@
 """Where a finished study's wall time went, from what the study itself recorded.
 
-    python benchmarks/study_time.py sqlite:///studies/lora_vs_adapter.db 700.1
+    python -m benchmarks study-time sqlite:///studies/lora_vs_adapter.db 700.1
 
 The second argument is the study's wall time in seconds (e.g. from ``/usr/bin/time``). Every
 complete trial in the storage (all arms, search and replicates) contributes its Optuna duration
@@ -12,6 +12,7 @@ Reads only; works on any finished or interrupted study.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import optuna
 
@@ -30,7 +31,7 @@ def breakdown(storage: str, wall: float) -> dict[str, float]:
     return {
         "trials": n,
         "wall_s": wall,
-        "wall_over_trials": wall / in_trials,
+        "wall_over_trials": wall / in_trials if in_trials else float("nan"),
         "training": train / wall,
         "evaluation": (run - train) / wall,
         "in_trial_other": (in_trials - run) / wall,
@@ -38,11 +39,11 @@ def breakdown(storage: str, wall: float) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("storage", help="the study's Optuna storage URL")
     parser.add_argument("wall_s", type=float, help="the study's wall time in seconds")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     b = breakdown(args.storage, args.wall_s)
     print(
@@ -50,7 +51,4 @@ def main() -> None:
     )
     for key in ("training", "evaluation", "in_trial_other", "between_trials"):
         print(f"  {key:15s} {100 * b[key]:5.1f}%")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

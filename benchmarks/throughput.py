@@ -29,8 +29,8 @@ steady-state, from the end of step 1 to the end of the last step, measured by th
 probe on every side (a callback after each optimizer step; on CUDA both sides synchronise every
 step because both read the loss). This is a measurement, never a test assertion.
 
-    python benchmarks/throughput.py --model tiny --steps 20 --rounds 1     # quick check, seconds
-    python benchmarks/throughput.py --model smollm2 --data longtail --steps 30 --rounds 3
+    python -m benchmarks throughput --model tiny --steps 20 --rounds 1     # quick check, seconds
+    python -m benchmarks throughput --model smollm2 --data longtail --steps 30 --rounds 3
 """
 
 from __future__ import annotations
@@ -713,7 +713,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all)")
     parser.add_argument("--n-train", type=int, default=None, help="train examples (default: the task's)")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny model, 2 steps, 1 round, 32 examples: the code path, seconds",
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.model, args.steps, args.rounds, args.n_train = "tiny", 2, 1, args.n_train or 32
     if args.steps < 2:
         parser.error("--steps must be >= 2 (steady-state throughput needs steps after the first)")
     for name in ("batch_size", "rounds"):
@@ -736,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "benchmark": "throughput",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks throughput " + " ".join(sys.argv[1:] if argv is None else argv),
         "config": {**vars(args), "out_dir": str(args.out_dir), "precision": setup.precision},
         "data": data_info,
         "environment": environment(device),
@@ -749,7 +756,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

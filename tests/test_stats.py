@@ -280,16 +280,6 @@ def test_family_wise_false_verdicts_after_holm():
     assert rate <= 0.06
 
 
-def test_calibration_benchmark_smoke(tmp_path):
-    """benchmarks/calibration.py runs end to end in smoke mode, so it cannot rot."""
-    import runpy
-
-    mod = runpy.run_path(str(Path(__file__).resolve().parent.parent / "benchmarks" / "calibration.py"))
-    assert mod["main"](["--smoke", "--out", str(tmp_path)]) == 0
-    md = (tmp_path / "calibration-smoke.md").read_text()
-    assert "Cells with 3+ seeds outside the bounds: **0**" in md
-
-
 # --------------------------------------------------------------------------- interference
 
 

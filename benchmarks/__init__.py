@@ -1,0 +1,1 @@
+"""ablate's benchmarks: performance and calibration measurements, run as ``python -m benchmarks``."""

@@ -332,7 +332,7 @@ def test_identical_arms_say_so_in_words():
 
 
 def test_interaction_is_the_item_level_contrast(tmp_path):
-    from ablate.report.summary import interaction
+    from ablate.report.numbers import interaction
 
     rng = np.random.default_rng(3)
     mats = {a: rng.integers(0, 2, (3, 50)) for a in ("lora", "adapter", "lora+adapter")}
@@ -439,7 +439,7 @@ def test_ablate_report_command_never_imports_torch(tmp_path):
 def test_a_failed_seed_counts_against_its_arm():
     """Seed 3 of the combination diverged: its items are scored wrong (and the worst recorded loss),
     not dropped from both arms, and the verdict says so."""
-    from ablate.report.summary import matrix
+    from ablate.report.numbers import matrix
 
     rng = np.random.default_rng(4)
     arms = pd.DataFrame(

@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from ablate import stats  # noqa: E402
 from ablate.report.collect import StudyData  # noqa: E402
-from ablate.report.summary import LATE_BEST, METRIC, Summary, search_curve  # noqa: E402
+from ablate.report.numbers import LATE_BEST, METRIC, Summary, search_curve  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA's forest on 2-3 points says nothing; below this we skip
 

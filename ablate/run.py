@@ -9,6 +9,7 @@ half-written MLflow run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 import tempfile
@@ -290,3 +291,67 @@ def _plain(cfg: TrialConfig) -> dict[str, Any]:
         "peft": {n: c.to_dict() for n, c in cfg.peft.items()},
         **{g: getattr(cfg, g).model_dump() for g in ("model", "quant", "data", "train", "eval")},
     }
+
+
+# --------------------------------------------------------------------------- out of memory
+
+
+class OutOfMemory(RuntimeError):
+    """Out of memory even at the halved micro-batch (or at micro-batch 1): the trial fails with
+    reason ``oom`` and the study goes on, as a non-finite loss (``train.NonFiniteLoss``) is pruned."""
+
+    reason = "oom"
+
+
+def with_oom_retry(
+    attempt: Callable[[TrialConfig, bool], Outcome],
+    cfg: TrialConfig,
+    note: Callable[[dict[str, Any]], None],
+    echo: Callable[[str], None],
+) -> Outcome:
+    """``attempt(cfg, retry=False)``; on a CUDA out-of-memory error once more with half the
+    micro-batch and twice the accumulation: the same effective batch (and so the same
+    configuration), less activation memory. The OOM'd run stays in MLflow as FAILED; the retry is
+    a new run tagged oom_retry, and ``note`` records what it changed. A second OOM (or
+    micro-batch 1) raises ``OutOfMemory``."""
+    try:
+        return attempt(cfg, False)
+    except torch.cuda.OutOfMemoryError as first:
+        free_memory()
+        retry = halved(cfg)
+        if retry is None:
+            raise OutOfMemory(f"oom: micro-batch 1 is out of memory: {first}") from first
+        micro, accum = retry.train.batch_size, retry.train.grad_accum
+        note({"batch_size": micro, "grad_accum": accum, "error": str(first)[:500]})
+        echo(f"out of memory; retrying with micro-batch {micro} x {accum} accumulation")
+    try:
+        outcome = attempt(retry, True)
+    except torch.cuda.OutOfMemoryError as second:
+        free_memory()
+        raise OutOfMemory(f"oom: out of memory again at micro-batch {micro}: {second}") from second
+    outcome.metrics["oom_retry"] = 1
+    return outcome
+
+
+def halved(cfg: TrialConfig) -> TrialConfig | None:
+    """``cfg`` with half the micro-batch and twice the accumulation, so the same effective batch
+    (an odd micro-batch b goes to its largest divisor <= b/2), one injected OOM fewer; None when
+    the micro-batch is already 1."""
+    b = cfg.train.batch_size
+    if b < 2:
+        return None
+    micro = max(d for d in range(1, b // 2 + 1) if b % d == 0)
+    retry = copy.deepcopy(cfg)
+    retry.train.batch_size = micro
+    retry.train.grad_accum = cfg.train.grad_accum * (b // micro)
+    retry.train.fault.oom_times = max(cfg.train.fault.oom_times - 1, 0)
+    return retry
+
+
+def free_memory() -> None:
+    """What the out-of-memory attempt held (activations, optimizer state) back to the allocator."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -48,14 +48,6 @@ def prune_hook(trial: Any, objective: str, last_step: int) -> Callable[[int, dic
     return on_eval
 
 
-class TrialFailed(Exception):
-    """A trial that failed for a known reason (e.g. ``oom``): FAIL with that reason, the study goes on."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
-
 def outcome_of(exc: Exception) -> tuple[str, dict[str, Any], str]:
     """(state, user attrs, progress text) of a trial that raised ``exc``: pruned (``Pruned``, or any
     exception with ``ablate_state = "pruned"`` such as a non-finite loss) or failed with a reason."""

@@ -11,7 +11,6 @@ are the enqueued seeds, so workers sharing one storage split the work.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -38,7 +37,6 @@ from ablate.study.budget import (
     Done,
     Job,
     Progress,
-    TrialFailed,
     budget_left,
     counted,
     drive,
@@ -233,7 +231,7 @@ class StudyRunner:
         self, arm: Arm, cfg: TrialConfig, trial: Trial, phase: str, arec: Recorder, **kw: Any
     ) -> Outcome:
         """One recorded trial run (search or replicate) on this worker's base."""
-        from ablate.run import run_trial
+        from ablate.run import run_trial, with_oom_retry
 
         name = f"{arm.name} #{trial.number}" if phase == "search" else f"{arm.name} seed {cfg.train.seed}"
         base = self.bench.base(cfg)
@@ -247,7 +245,12 @@ class StudyRunner:
                 tags={**tags, "oom_retry": "1"} if retry else tags, params=params, **kw,
             )  # fmt: skip
 
-        outcome = with_oom_retry(attempt, cfg, trial, lambda text: self.echo(f"[{arm.name}] {text}"))
+        outcome = with_oom_retry(
+            attempt,
+            cfg,
+            lambda note: trial.set_user_attr("oom_retry", note),
+            lambda text: self.echo(f"[{arm.name}] trial {trial.number}: {text}"),
+        )
         outcome.metrics["base_bytes"] = self.bench.base_bytes  # weights alone, apart from the peak
         return outcome
 
@@ -445,61 +448,3 @@ def report_state(storage: BaseStorage, name: str) -> str:
         ]
         rows.append((frozen.study_name, attrs, trials))
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def with_oom_retry(
-    attempt: Callable[[TrialConfig, bool], Outcome],
-    cfg: TrialConfig,
-    trial: Trial,
-    echo: Callable[[str], None],
-) -> Outcome:
-    """``attempt(cfg, retry=False)``; on a CUDA out-of-memory error once more with half the
-    micro-batch and twice the accumulation: the same effective batch (and so the same
-    configuration), less activation memory. The OOM'd run stays in MLflow as FAILED; the retry is
-    a new run tagged oom_retry. A second OOM (or micro-batch 1) fails the trial with reason oom."""
-    import torch
-
-    try:
-        return attempt(cfg, False)
-    except torch.cuda.OutOfMemoryError as first:
-        free_memory()
-        retry = halved(cfg)
-        if retry is None:
-            raise TrialFailed("oom", f"micro-batch 1 is out of memory: {first}") from first
-        micro, accum = retry.train.batch_size, retry.train.grad_accum
-        note = {"batch_size": micro, "grad_accum": accum, "error": str(first)[:500]}
-        trial.set_user_attr("oom_retry", note)
-        echo(f"trial {trial.number}: out of memory; retrying with micro-batch {micro} x {accum} accumulation")
-    try:
-        outcome = attempt(retry, True)
-    except torch.cuda.OutOfMemoryError as second:
-        free_memory()
-        raise TrialFailed("oom", f"out of memory again at micro-batch {micro}: {second}") from second
-    outcome.metrics["oom_retry"] = 1
-    return outcome
-
-
-def halved(cfg: TrialConfig) -> TrialConfig | None:
-    """``cfg`` with half the micro-batch and twice the accumulation, so the same effective batch
-    (an odd micro-batch b goes to its largest divisor <= b/2), one injected OOM fewer; None when
-    the micro-batch is already 1."""
-    b = cfg.train.batch_size
-    if b < 2:
-        return None
-    micro = max(d for d in range(1, b // 2 + 1) if b % d == 0)
-    retry = copy.deepcopy(cfg)
-    retry.train.batch_size = micro
-    retry.train.grad_accum = cfg.train.grad_accum * (b // micro)
-    retry.train.fault.oom_times = max(cfg.train.fault.oom_times - 1, 0)
-    return retry
-
-
-def free_memory() -> None:
-    """What the out-of-memory attempt held (activations, optimizer state) back to the allocator."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -211,7 +211,7 @@ def report_command(job: Job) -> str:
     uri = existing_store(tracking.uri if tracking.backend == "mlflow" else None)
     out = build_report(spec.name, spec.storage_url, uri, Path("reports") / spec.name, baseline=spec.baseline)
     if uri:  # the experiment's description and the arm runs' comparison metrics follow the new report
-        from ablate.tracking import describe_study
+        from ablate.report.publish import describe_study
 
         describe_study(uri, spec.name, spec.description, out)
     print(f"report: {out}/report.md (and report.html)")

@@ -20,7 +20,8 @@ from typing import Any
 import optuna
 import pytest
 
-from ablate.report import REPORT_ARTIFACT_PATH, build_report, find_study_run, log_report
+from ablate.report import REPORT_ARTIFACT_PATH, build_report, find_study_run
+from ablate.report.publish import log_report
 from tests.report_fixtures import EVAL_STEPS, STATES, val_loss_curve, write_study
 
 STARTUP_TIMEOUT_S = 40

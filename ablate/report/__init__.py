@@ -3,7 +3,8 @@
 ``build_report`` reads only what the study recorded (the Optuna storage and,
 when given, MLflow) and writes ``report.md``, a self-contained ``report.html``,
 ``trials.csv``, ``replicates.csv``, ``items.csv`` (per test item and seed), ``summary.csv``,
-``verdict.json`` (the verdict's lines) and the figures into ``out_dir``. ``log_report`` attaches those files to the study's MLflow run.
+``verdict.json`` (the verdict's lines) and the figures into ``out_dir``. ``ablate.report.publish``
+attaches those files to the study's MLflow run and puts the verdict where the MLflow UI shows it.
 """
 
 from __future__ import annotations
@@ -59,18 +60,11 @@ def build_report(
     return out_dir
 
 
-def log_report(tracking_uri: str, study_run_id: str, out_dir: Path) -> None:
-    """Log every file of ``out_dir`` as artifacts of the study run, under ``report/``."""
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri).log_artifacts(study_run_id, str(out_dir), REPORT_ARTIFACT_PATH)
-
-
 def find_study_run(tracking_uri: str, study: str) -> str | None:
-    """Run id of the newest study-level MLflow run of ``study`` (for ``log_report``), None if absent."""
+    """Run id of the newest study-level MLflow run of ``study`` (for ``publish.log_report``), None if absent."""
     from ablate.report.collect import find_study_run as _find
 
     return _find(tracking_uri, study)
 
 
-__all__ = ["REPORT_ARTIFACT_PATH", "build_report", "find_study_run", "log_report"]
+__all__ = ["REPORT_ARTIFACT_PATH", "build_report", "find_study_run"]

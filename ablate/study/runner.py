@@ -28,7 +28,6 @@ from ablate.storage import (
     lora_alone_suffix,
     open_storage,
     replicate_suffix,
-    retry_lost,
     wait_for_running,
 )
 from ablate.study import records
@@ -105,6 +104,24 @@ class StudyRunner:
             if self.spec.report:
                 result["report"] = self.write_report(srec.run_id)
         return result
+
+    def write_report(self, study_run_id: str | None) -> Path | None:
+        """reports/NAME/ and its copy in MLflow, once across workers (``ablate.report.publish``)."""
+        try:
+            from ablate.report.publish import publish
+        except ImportError:  # the report's libraries are missing: the study's records stand
+            return None
+        uri = self.tracking.uri if self.tracking.backend == "mlflow" else None
+        storage, lock = getattr(self, "storage", None), getattr(self, "lock", None)
+        return publish(
+            self.spec,
+            uri,
+            study_run_id,
+            storage=storage,
+            lock=lock,
+            guarded=self.tracker.guarded,
+            echo=self.echo,
+        )
 
     def check(self) -> None:
         """Every user mistake and unreachable service surfaces here, before anything is written."""
@@ -385,66 +402,3 @@ class StudyRunner:
         wait_for_running(
             list(studies), self.lock, self.echo, orphans_of=orphans_of, poll_s=poll, reaper=self.reaper
         )
-
-    def write_report(self, study_run_id: str | None) -> Path | None:
-        """reports/NAME/ from the storage (and MLflow). Workers that finish together do not write it
-        at once over each other: under the storage lock, a worker whose report directory already
-        holds a report of the same stored state (``report_state``) leaves it as it is."""
-        import socket
-
-        try:
-            from ablate.report import build_report, log_report
-        except ImportError:
-            return None
-        out = Path("reports") / self.spec.name
-        tracking_uri = self.tracking.uri if self.tracking.backend == "mlflow" else None
-
-        def write() -> None:
-            build_report(
-                self.spec.name, self.spec.storage_url, tracking_uri, out, baseline=self.spec.baseline
-            )
-            if tracking_uri and study_run_id:
-                from ablate.tracking import describe_study
-
-                def publish() -> None:
-                    log_report(tracking_uri, study_run_id, out)
-                    # the MLflow UI's view of the study
-                    describe_study(tracking_uri, self.spec.name, self.spec.description, out)
-
-                self.tracker.guarded(publish)  # MLflow down: the report on disk (from the storage) stands
-
-        storage = getattr(self, "storage", None)
-        if storage is None or not hasattr(storage, "get_all_studies"):
-            write()
-            return out
-        with self.lock(f"report:{self.spec.name}"):
-            where = f"{socket.gethostname()}:{out.resolve()}"
-            state = report_state(storage, self.spec.name)
-            holder = storage.get_study_id_from_name(f"{self.spec.name}/{self.spec.baseline}")
-            written = dict(storage.get_study_user_attrs(holder).get("reports") or {})
-            if written.get(where) == state and (out / "summary.csv").exists():
-                self.echo(f"report {out} is up to date (written by another worker)")
-                return out
-            retry_lost(write, "report")  # the report reads the storage on connections of its own
-            written[where] = state
-            storage.set_study_user_attr(holder, "reports", written)
-        return out
-
-
-def report_state(storage: BaseStorage, name: str) -> str:
-    """A digest of everything study ``name`` has stored (trials, their states and values, user
-    attrs; not the ``reports`` attr that records this digest)."""
-    import hashlib
-    import json
-
-    rows = []
-    for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
-        if not frozen.study_name.startswith(f"{name}/"):
-            continue
-        attrs = {k: v for k, v in frozen.user_attrs.items() if k != "reports"}
-        trials = [
-            (t.number, t.state.name, t.values, t.datetime_complete, sorted(t.user_attrs))
-            for t in storage.get_all_trials(frozen._study_id, deepcopy=False)
-        ]
-        rows.append((frozen.study_name, attrs, trials))
-    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -4,9 +4,10 @@
 ``train``. ``peft=lora+adapter`` is rewritten to Hydra's list form
 ``peft=[lora,adapter]`` before Hydra sees it, and group options are checked
 here so that a typo is a one-line error with exit code 2 instead of a Hydra
-traceback. The composed config is then validated against the schema (``validate``)
-before the commands, and with them torch, are imported: a refused value costs about a
-second, and so does ``--help`` (``ablate/help.py``).
+traceback. The config is composed once and turned into one typed ``commands.Job``
+(``commands.prepare``: the schema's checks, a study's whole plan) before torch is imported: a
+refused value costs about a second, and so does ``--help`` (``ablate/help.py``). The command
+then runs from that ``Job``; only ``-m`` sweeps and ``--cfg`` go through ``hydra.main``.
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def print_help(command: str | None, args: list[str]) -> None:
     print(render(command, CONF, composed))
 
 
-def guarded(command: str) -> Callable[[Any], Any]:
+def hydra_task(command: str) -> Callable[[Any], Any]:
     """The task ``hydra.main`` runs (``-m`` sweeps, ``--cfg``): each job's config, composed by
     Hydra, becomes a ``Job`` once; user mistakes inside a command are one line on stderr, exit
     code 2, no traceback."""
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         import hydra
 
         sys.argv = ["ablate", *args]  # flags (-m sweeps, --cfg): Hydra composes and runs each job
-        app = hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")(guarded(command))
+        app = hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")(hydra_task(command))
         with signals.installed():
             if "--cfg" in args or "-c" in args:  # Hydra prints the config: hide URL passwords in it
                 from contextlib import redirect_stdout

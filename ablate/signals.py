@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -39,6 +40,10 @@ class _State:
     received: list[int] = []  # signals seen since install()
     depth = 0  # nesting of protected() blocks
     pending: int | None = None  # a signal that arrived inside protected()
+    #: raised by the handler and not yet handled: Python discards an exception raised inside a
+    #: garbage-collector or weakref callback or a ``__del__`` (SQLAlchemy's ``_collection_gced``
+    #: swallowed a SIGTERM this way mid-study), so ``check`` raises it again at a safe point
+    undelivered: int | None = None
 
 
 def exit_code(exc: BaseException) -> int:
@@ -61,7 +66,20 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if _State.depth:
         _State.pending = signum
         return
+    _State.undelivered = signum
     raise Interrupted(signum)
+
+
+def check() -> None:
+    """Raise the first signal's ``Interrupted`` again if no handler has seen it (it was raised
+    where Python discards exceptions). Called once per training step and before each trial."""
+    if _State.undelivered is not None and not _State.depth:
+        raise Interrupted(_State.undelivered)
+
+
+def delivered() -> None:
+    """The ``Interrupted`` reached the code that records the interrupted trial: no more re-raises."""
+    _State.undelivered = None
 
 
 @contextmanager
@@ -73,12 +91,20 @@ def installed() -> Iterator[None]:
         yield
         return
     old = {s: signal.getsignal(s) for s in HANDLED}
-    _State.received, _State.depth, _State.pending = [], 0, None
+    _State.received, _State.depth, _State.pending, _State.undelivered = [], 0, None, None
     for s in HANDLED:
         signal.signal(s, _handler)
+    hook = sys.unraisablehook
+
+    def quiet(unraisable: Any) -> None:  # an Interrupted Python discarded: ``check`` raises it again
+        if not isinstance(unraisable.exc_value, Interrupted):
+            hook(unraisable)
+
+    sys.unraisablehook = quiet
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for s, h in old.items():
             signal.signal(s, h)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ablate import signals
 from ablate.components import Stack
 from ablate.device import autocast_for
 from ablate.metrics import forward_logits, token_loss_sum
@@ -101,6 +102,7 @@ def train(
     model.train()
     try:
         for step in range(1, cfg.steps + 1):
+            signals.check()  # a SIGTERM/SIGINT whose first raise was swallowed stops the run here
             started = time.perf_counter()
             if cfg.fault.step_delay_s:  # a slow worker, for drills (kill -9 mid-trial)
                 time.sleep(cfg.fault.step_delay_s)

@@ -376,3 +376,28 @@ def test_opening_a_storage_whose_connection_dies_is_retried(tmp_path, monkeypatc
     )
     storage = open_storage(url)
     assert len(calls) == 2 and storage.get_all_studies() == []
+
+
+def test_a_signal_swallowed_where_python_discards_exceptions_is_raised_again():
+    """A SIGTERM whose Interrupted was raised inside a garbage-collector callback (Python prints
+    it and goes on: SQLAlchemy's weakref callback did this mid-study) is raised again at the next
+    check (each training step, each trial), until the code that records the trial has seen it."""
+    import weakref
+
+    from ablate import signals
+
+    with signals.installed():
+
+        class Thing:
+            pass
+
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _ref: signals._handler(signal.SIGTERM, None))  # noqa: F841
+        del thing  # the callback runs now; its Interrupted is printed and discarded
+        with pytest.raises(signals.Interrupted) as raised:
+            signals.check()
+        assert raised.value.exit_code == 143
+        with pytest.raises(signals.Interrupted):
+            signals.check()  # still undelivered: every later check stops too
+        signals.delivered()
+        signals.check()  # handled: no second raise while the trial is recorded

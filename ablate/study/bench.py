@@ -34,10 +34,9 @@ class Bench:
     def defaults(self, arm: Arm) -> dict[str, dict[str, Any]]:
         return arm_defaults(self.plain, arm)
 
-    def config(
-        self, arm: Arm, values: Mapping[str, Mapping[str, Any]], *, seed: int | None = None
-    ) -> TrialConfig:
-        return trial_config(self.plain, self.spec, arm, values, seed=seed)
+    def config(self, arm: Arm, values: Mapping[str, Mapping[str, Any]], **run: Any) -> TrialConfig:
+        """``plan.trial_config`` on this worker's plan (``seed``, ``run``, ``evals``)."""
+        return trial_config(self.plain, self.spec, arm, values, **run)
 
     def base(self, trial: TrialConfig) -> Any:
         """This trial's base, loading it (and freeing any other) when its quantisation differs."""

@@ -20,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from ablate import signals
 from ablate.errors import ConfigError
 from ablate.signals import protected
 from ablate.storage import INTERRUPTED, SURPLUS, WORKER, heartbeat, interrupted
@@ -95,6 +96,7 @@ def drive(study: Any, job: Job[Any], lock: Lock, reap: Callable[[Any], Any] | No
 
     ran = 0
     while True:
+        signals.check()  # a signal whose first raise was swallowed: no new trial starts
         with ExitStack() as beating:
             with lock(study.study_name):
                 with protected():
@@ -117,6 +119,7 @@ def drive(study: Any, job: Job[Any], lock: Lock, reap: Callable[[Any], Any] | No
                             continue
                     prepared = job.prepare(trial)
                 except BaseException:
+                    signals.delivered()
                     if trial is not None:
                         _interrupt(study, trial)
                     raise
@@ -126,6 +129,7 @@ def drive(study: Any, job: Job[Any], lock: Lock, reap: Callable[[Any], Any] | No
                 try:
                     done = job.work(trial, prepared)
                 except (ConfigError, KeyboardInterrupt):
+                    signals.delivered()
                     with protected():
                         _interrupt(study, trial)
                     raise

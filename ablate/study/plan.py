@@ -19,7 +19,7 @@ from typing import Any
 
 from ablate.errors import ConfigError, flatten
 from ablate.preflight import check_name
-from ablate.schema import Heartbeat, StudyConfig, TrackingConfig, TrialConfig
+from ablate.schema import FaultConfig, Heartbeat, StudyConfig, TrackingConfig, TrialConfig
 from ablate.search import Dist, parse_space
 from ablate.study.config import Arm, parse_arms
 
@@ -99,8 +99,13 @@ def trial_config(
     values: Mapping[str, Mapping[str, Any]],
     *,
     seed: int | None = None,
+    run: tuple[str, int | None] | None = None,
+    evals: Mapping[str, Any] | None = None,
 ) -> TrialConfig:
-    """One trial of ``arm`` with the searched ``values`` ({component: {field: value}})."""
+    """One trial of ``arm`` with the searched ``values`` ({component: {field: value}}), validated
+    once with everything that run needs, and not changed afterwards: ``run`` is ``("search",
+    number)`` or ``("replicate", None)`` (the faults of ``train.fault.trials`` that apply to it),
+    ``evals`` the evaluation settings of that phase."""
     plain = copy.deepcopy(dict(plain))
     plain["peft"] = {c: {**f, **(values.get(c) or {})} for c, f in arm_defaults(plain, arm).items()}
     quant = dict(plain.get("quant") or {})
@@ -113,6 +118,13 @@ def trial_config(
         plain["train"]["eval_every"] = min(plain["train"].get("eval_every", 50), spec.train_steps)
     if seed is not None:
         plain["train"]["seed"] = seed
+    if run is not None:  # fault.trials names search trials only: a replicate gets none of them
+        fault = FaultConfig.from_dict(plain["train"].get("fault")).for_trial(
+            run[1] if run[0] == "search" else None
+        )
+        plain["train"]["fault"] = fault.model_dump()
+    if evals:
+        plain["eval"] = {**(plain.get("eval") or {}), **evals}
     return TrialConfig.from_dict(plain)
 
 

@@ -283,10 +283,8 @@ class StudyRunner:
                 rank, _ = matched_rank(model, fields, matched["matched_target_params"], matched["matched_to"])
                 trial.set_user_attr("derived", {"lora": {"r": rank}})
                 values.setdefault("lora", {})["r"] = rank
-            cfg = self.bench.config(arm, values)
-            cfg.eval.knockout = cfg.eval.zero_shot = cfg.eval.save_components = False
-            cfg.train.fault = cfg.train.fault.for_trial(trial.number)
-            return cfg
+            evals = {"knockout": False, "zero_shot": False, "save_components": False}
+            return self.bench.config(arm, values, run=("search", trial.number), evals=evals)
 
         def work(trial: Trial, cfg: TrialConfig) -> Done:
             on_eval = None if self.mo else prune_hook(trial, self.spec.objective, cfg.train.steps)
@@ -361,11 +359,10 @@ class StudyRunner:
             enqueue_seeds(reps, range(1, self.spec.seeds + 1))
 
         def prepare(trial: Trial) -> TrialConfig:
-            cfg = self.bench.config(arm, values, seed=int(trial.suggest_int("seed", 1, self.spec.seeds)))
+            seed = int(trial.suggest_int("seed", 1, self.spec.seeds))
             # the baseline's replicates also score the bare base: the interaction's zero-shot term
-            cfg.eval.zero_shot = arm.role == "baseline" and suffix.startswith("/replicate")
-            cfg.train.fault = cfg.train.fault.for_trial(None)  # fault.trials names search trials only
-            return cfg
+            evals = {"zero_shot": arm.role == "baseline" and suffix.startswith("/replicate")}
+            return self.bench.config(arm, values, seed=seed, run=("replicate", None), evals=evals)
 
         def work(trial: Trial, cfg: TrialConfig) -> Done:
             outcome = self._run(

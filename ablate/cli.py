@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ablate.commands import Job, prepare
+from ablate.components import COMPONENTS
 from ablate.errors import ConfigError, redact
-from ablate.schema import COMPONENTS
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 COMMANDS = ("train", "study", "report", "worker", "export")  # ablate.help.COMMANDS describes each

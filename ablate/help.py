@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ablate.components import COMPONENTS, CONFIGS
 from ablate.schema import (
-    COMPONENTS,
-    CONFIGS,
     Config,
     DataConfig,
     EvalConfig,

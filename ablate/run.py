@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ablate import components
-from ablate.components import Stack
+from ablate.components import stack as components
+from ablate.components.stack import Stack
 from ablate.data import DataConfig, load_splits
 from ablate.data.tokenize import EncodedList, encode, make_batches, padding_fraction
 from ablate.device import autocast_for

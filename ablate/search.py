@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ablate.components import CONFIGS
 from ablate.errors import ConfigError, require
-from ablate.schema import CONFIGS
 
 
 @dataclass(frozen=True)

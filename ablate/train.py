@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ablate import signals
-from ablate.components import Stack
+from ablate.components.stack import Stack
 from ablate.device import autocast_for
 from ablate.metrics import forward_logits, token_loss_sum
 from ablate.schema import TrainConfig

@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 
-from ablate.components import attach
 from ablate.components.lora import LoraConfig
+from ablate.components.stack import attach
 from ablate.data.tokenize import make_batches
 from ablate.models import load_base, weight_bytes
 from ablate.run import PeakMemory, seed_everything

@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from ablate.components import attach, build_configs
+from ablate.components import build_configs
+from ablate.components.stack import attach
 from ablate.data.tokenize import Encoded, make_batches
 from ablate.models import load_base
 from ablate.run import PeakMemory, seed_everything

@@ -15,7 +15,7 @@ by side, on the same machine, in the same process, under the same noise:
 - the same batch size, optimizer steps, learning rate and schedule shape, seed and precision:
   what a user would pick on this hardware (bf16 where the device does bf16 natively).
 
-Side A ("ablate") attaches LoRA with ``ablate.components.attach`` and trains with
+Side A ("ablate") attaches LoRA with ``ablate.components.stack.attach`` and trains with
 ``ablate.train.train`` on ``make_batches`` (length-grouped). Side B ("peft+Trainer") wraps the
 base with ``peft.get_peft_model`` and trains with ``transformers.Trainer`` on randomly sampled,
 right-padded batches. Side C ("peft+Trainer+gbl") is side B with the one flag that makes the
@@ -61,8 +61,8 @@ import transformers
 import yaml
 from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-from ablate.components import Stack, attach
 from ablate.components.lora import LoraConfig as AblateLoraConfig
+from ablate.components.stack import Stack, attach
 from ablate.data import DataConfig, Example, load_splits
 from ablate.data.tokenize import Encoded, EncodedList, collate, encode, make_batches
 from ablate.device import autocast_for

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ablate.cli import main
-from ablate.schema import COMPONENTS
+from ablate.components import COMPONENTS
 
 TINY = ["model=tiny", "budget=smoke"]
 

@@ -1,6 +1,9 @@
-"""One table of cases over every component combination x {no quant, nf4}, driving shared checks.
+"""One table of cases over every component alone, every pair and all together x {no quant, nf4},
+driving shared checks.
 
-Adding a component costs one row in COMPONENT_CASES (its closed form lives in its module).
+The components come from the registry (each one's learning rate here is its ``test_lr``, its
+gate is its ``gate`` field); adding one costs a row in ``CLOSED_FORMS`` (its closed form lives
+in its ``layers.py``).
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ablate import components
-from ablate.components import arm_name, attach, build_configs, expected_params
+from ablate.components import CONFIGS, arm_name, build_configs
+from ablate.components import stack as components
+from ablate.components.stack import attach, expected_params
 from ablate.data.tasks import generate_splits
 from ablate.data.tokenize import encode, make_batches
 from ablate.metrics import evaluate, forward_logits
@@ -20,15 +24,16 @@ from ablate.schema import TrainConfig
 from ablate.train import train
 from tests.conftest import load_tiny
 
-NAMES = tuple(components.REGISTRY)
-ARMS = [c for k in range(1, len(NAMES) + 1) for c in itertools.combinations(NAMES, k)]
-GATED = ("lora", "adapter", "prefix")  # components with a learned gate (UniPELT): peft.<name>.gate
-GATED_ARMS = [("lora", "adapter", "prefix"), ("lora", "adapter", "prefix", "prompt")]
+NAMES = tuple(CONFIGS)
+# alone, with any other one, and all together (every subset of 5 would be 31 arms x 2 quants)
+ARMS = [c for k in (1, 2) for c in itertools.combinations(NAMES, k)] + [NAMES]
+GATED = tuple(n for n in NAMES if "gate" in CONFIGS[n].model_fields)  # UniPELT: peft.<name>.gate
+GATED_ARMS = [GATED, NAMES]
 CASES = [pytest.param(arm, q, False, id=f"{arm_name(arm)}-{q}") for arm in ARMS for q in ("none", "nf4")]
 CASES += [
     pytest.param(arm, q, True, id=f"{arm_name(arm)}-gated-{q}") for arm in GATED_ARMS for q in ("none", "nf4")
 ]
-LR = {"lora": 1e-2, "adapter": 1e-2, "prefix": 3e-2, "prompt": 3e-2}
+LR = {n: c.test_lr for n, c in CONFIGS.items()}
 
 
 def gates_on(arm):
@@ -37,8 +42,9 @@ def gates_on(arm):
 
 def cfgs_for(arm, **overrides):
     fields = {n: {"lr": LR[n], **overrides.get(n, {})} for n in arm}
-    if "lora" in arm:
-        fields["lora"].setdefault("dropout", 0.0)
+    for n in arm:  # deterministic steps: the loss must go down on one fixed batch
+        if "dropout" in CONFIGS[n].model_fields:
+            fields[n].setdefault("dropout", 0.0)
     return build_configs(arm, fields)
 
 
@@ -128,7 +134,10 @@ def test_component_contract(arm, quant, gated, tiny_bases, batch, tmp_path):
     assert not any(p.requires_grad for p in model.parameters())
 
 
-@pytest.mark.parametrize("arm", [("lora",), ("adapter",), ("lora", "adapter")], ids=arm_name)
+UNCHANGED = tuple(n for n in NAMES if CONFIGS[n].unchanged_at_init)
+
+
+@pytest.mark.parametrize("arm", [(n,) for n in UNCHANGED] + [UNCHANGED], ids=arm_name)
 @pytest.mark.parametrize(
     "variant",
     [
@@ -149,23 +158,31 @@ def test_outputs_unchanged_at_init(arm, variant, tiny_bases, batch):
         stack.detach()
 
 
-@pytest.mark.parametrize(
-    "name,fields",
-    [
-        ("lora", {"r": 4, "targets": "all-linear", "dora": True}),
-        ("lora", {"r": 2, "targets": ["q_proj", "down_proj"]}),
-        ("adapter", {"width": 8, "placement": "pfeiffer"}),
-        ("adapter", {"width": 4, "placement": "attn", "mode": "parallel"}),
-        ("prefix", {"length": 5, "reparam": True, "hidden": 32}),
-        ("prompt", {"length": 7, "init": "random"}),
-        ("lora", {"r": 2, "targets": ["q_proj", "down_proj"], "gate": True}),
-        ("adapter", {"width": 8, "placement": "pfeiffer", "gate": True}),
-        ("adapter", {"width_ratio": 0.3, "placement": "houlsby", "mode": "parallel"}),
-        ("prefix", {"length": 5, "reparam": True, "hidden": 32, "gate": True}),
-        ("prefix", {"length": 5, "gate": True}),
-    ],
-)
-def test_closed_forms_of_variants(name, fields, tiny_bases):
+# One row per case: a component, its fields, and (where given) its count worked out by hand on the
+# tiny config (h=64, L=2, 4 heads, 2 kv heads: d_kv=32, intermediate ff=128). Every component needs
+# at least one row with a hand count (test_every_component_has_a_hand_count).
+CLOSED_FORMS = [
+    ("lora", {"r": 8, "targets": ["q_proj", "v_proj"]}, 2 * (8 * (64 + 64) + 8 * (64 + 32))),
+    ("lora", {"r": 4, "targets": "all-linear", "dora": True}, None),
+    ("lora", {"r": 2, "targets": ["q_proj", "down_proj"]}, None),
+    ("lora", {"r": 2, "targets": ["q_proj", "down_proj"], "gate": True}, None),
+    ("adapter", {"width": 16}, 2 * 2 * (2 * 64 * 16 + 16 + 64)),
+    ("adapter", {"width": 8, "placement": "pfeiffer"}, None),
+    ("adapter", {"width": 4, "placement": "attn", "mode": "parallel"}, None),
+    ("adapter", {"width": 8, "placement": "pfeiffer", "gate": True}, None),
+    ("adapter", {"width_ratio": 0.3, "placement": "houlsby", "mode": "parallel"}, None),
+    ("prefix", {"length": 4}, 2 * 2 * 4 * 32),
+    ("prefix", {"length": 5, "reparam": True, "hidden": 32}, None),
+    ("prefix", {"length": 5, "reparam": True, "hidden": 32, "gate": True}, None),
+    ("prefix", {"length": 5, "gate": True}, None),
+    ("prompt", {"length": 3}, 3 * 64),
+    ("prompt", {"length": 7, "init": "random"}, None),
+]
+
+
+@pytest.mark.parametrize("name,fields,by_hand", CLOSED_FORMS)
+def test_closed_forms(name, fields, by_hand, tiny_bases):
+    """The attached parameters equal the closed form (and the hand count, where the row gives one)."""
     model = tiny_bases["none"].model
     cfgs = build_configs((name,), {name: fields})
     stack = attach(model, cfgs)
@@ -173,25 +190,12 @@ def test_closed_forms_of_variants(name, fields, tiny_bases):
         assert stack.num_parameters() == expected_params(model.config, cfgs)
     finally:
         stack.detach()
+    if by_hand is not None:
+        assert expected_params(model.config, cfgs)[name] == by_hand
 
 
-def test_closed_form_examples_by_hand(tiny_bases):
-    """The formulas of the issue, on the tiny config: h=64, L=2, 4 heads, 2 kv heads (d_kv=32)."""
-    config = tiny_bases["none"].model.config
-    cfgs = build_configs(
-        ("lora", "adapter", "prefix", "prompt"),
-        {
-            "lora": {"r": 8, "targets": ["q_proj", "v_proj"]},
-            "adapter": {"width": 16},
-            "prefix": {"length": 4},
-            "prompt": {"length": 3},
-        },
-    )
-    got = expected_params(config, cfgs)
-    assert got["lora"] == 2 * (8 * (64 + 64) + 8 * (64 + 32))
-    assert got["adapter"] == 2 * 2 * (2 * 64 * 16 + 16 + 64)
-    assert got["prefix"] == 2 * 2 * 4 * 32
-    assert got["prompt"] == 3 * 64
+def test_every_component_has_a_hand_count():
+    assert {name for name, _, by_hand in CLOSED_FORMS if by_hand is not None} == set(NAMES)
 
 
 def test_gate_and_width_ratio_closed_forms_by_hand(tiny_bases):

@@ -16,7 +16,7 @@ import optuna
 import pytest
 import torch
 
-from ablate import components
+from ablate.components import stack as components
 from tests.conftest import load_tiny
 from tests.test_cli import override, run_cli
 from tests.tiny_study import STUDY, finished_study

@@ -14,8 +14,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ablate.cli import CONF, normalize_overrides
-from ablate.components import attach, build_configs
+from ablate.components import build_configs
 from ablate.components.gate import Gate, layer_means
+from ablate.components.stack import attach
 from ablate.errors import ConfigError
 from ablate.metrics import evaluate
 from tests.test_components import batch, logits  # noqa: F401  (batch is a fixture)
@@ -80,7 +81,7 @@ def test_gated_prefix_scales_the_prefix_share_of_each_query():
     out_i = g_i * sum_p a_ip v_p + sum_j a_ij v_j, a = softmax over [prefix; causal real keys]."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    import ablate.components.prefix  # noqa: F401  (registers the attention functions)
+    import ablate.components.prefix.layers  # noqa: F401  (registers the attention functions)
 
     torch.manual_seed(0)
     b, heads, kv_heads, q_len, p_len, d = 2, 4, 2, 6, 3, 8

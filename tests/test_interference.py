@@ -64,7 +64,7 @@ def test_same_direction_twice_the_size_and_no_shared_target():
 
 
 def test_load_lora_reads_what_components_save(tmp_path, tiny_bases):
-    from ablate import components
+    from ablate.components import stack as components
 
     base = tiny_bases["none"]
     cfgs = components.build_configs(("lora", "adapter"), {"lora": {"r": 4, "alpha": 8.0}, "adapter": {}})

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ablate import device as device_mod
-from ablate.components import attach, build_configs
+from ablate.components import build_configs
+from ablate.components.stack import attach
 from ablate.data.tasks import generate_splits
 from ablate.data.tokenize import encode, make_batches
 from ablate.device import autocast_for

@@ -14,10 +14,9 @@ from omegaconf import OmegaConf
 
 from ablate import help as ablate_help
 from ablate.cli import COMMANDS, CONF
+from ablate.components import BASE, COMPONENTS, CONFIGS
 from ablate.errors import ConfigError
 from ablate.schema import (
-    COMPONENTS,
-    CONFIGS,
     Config,
     DataConfig,
     ExportConfig,
@@ -97,7 +96,7 @@ REFUSED = [
     (
         TrialConfig,
         {"peft": {"lora": {}, "bogus": {}}},
-        "peft='bogus': unknown component (known: lora, adapter, prefix, prompt)",
+        f"peft='bogus': unknown component (known: {', '.join(COMPONENTS)})",
     ),  # fmt: skip
     (TrialConfig, {"peft": {"lora": {"r": -1}}}, "peft.lora.r=-1: must be an integer > 0"),
     (
@@ -139,18 +138,28 @@ def test_every_composed_config_is_valid_and_every_field_has_help(study):
             assert info.description, f"{key}.{name} has no help line"
 
 
-def test_one_component_list_in_registry_order():
-    from ablate.components import REGISTRY
+def test_every_component_is_one_folder_that_registers_itself():
+    """A component is its folder (fields torch-free in ``__init__``, torch side in ``layers.py``) and
+    its conf files; the registry finds every folder, so nothing else lists components."""
+    import importlib
 
-    assert COMPONENTS == ("lora", "adapter", "prefix", "prompt") == tuple(REGISTRY)
-    assert all(REGISTRY[n].__name__ == f"ablate.components.{n}" for n in COMPONENTS)
-    readme = (ROOT / "README.md").read_text()
-    assert f"unknown component (known: {', '.join(COMPONENTS)};" in readme
-    assert TrialConfig.from_dict({"peft": {"prompt": {}, "adapter": {}, "lora": {}}}).arm == (
-        "lora",
-        "adapter",
-        "prompt",
-    )
+    folders = sorted(p.parent.name for p in (ROOT / "ablate" / "components").glob("*/__init__.py"))
+    assert sorted(COMPONENTS) == folders
+    assert [CONFIGS[n].order for n in COMPONENTS] == sorted(CONFIGS[n].order for n in COMPONENTS)
+    assert [n for n in COMPONENTS if CONFIGS[n].base] == [BASE] == [COMPONENTS[0]]
+    for name, cls in CONFIGS.items():
+        assert cls.__module__ == f"ablate.components.{name}" and f"peft.{name}" == cls.KEY
+        assert cls.capacity is None or cls.capacity in cls.model_fields, name
+        assert not cls.uses_context or "length" in cls.model_fields, name
+        assert cls.test_lr > 0
+        layers = importlib.import_module(f"ablate.components.{name}.layers")
+        assert callable(layers.apply) and callable(layers.expected_params), name
+        # its defaults, whose defaults list pulls in its search space (conf/search/<name>.yaml)
+        peft_yaml = (CONF / "peft" / f"{name}.yaml").read_text()
+        assert f"- /search/{name} " in peft_yaml and (CONF / "search" / f"{name}.yaml").exists(), name
+    composed = _composed()
+    assert set(composed["search"]) == set(COMPONENTS) == set(composed["peft"])
+    assert TrialConfig.from_dict({"peft": {n: {} for n in reversed(COMPONENTS)}}).arm == COMPONENTS
 
 
 def test_from_dict_is_written_once():
@@ -160,7 +169,7 @@ def test_from_dict_is_written_once():
         for n, line in enumerate(p.read_text().splitlines(), 1)
         if re.match(r"\s*def from_dict\b", line)
     ]
-    assert found == ["ablate/schema/base.py:" + found[0].rsplit(":", 1)[1]], found
+    assert found == ["ablate/fields.py:" + found[0].rsplit(":", 1)[1]], found
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -183,7 +192,7 @@ def test_help_lists_every_command_with_an_example(command):
 
 def test_the_schema_plan_and_help_import_no_torch():
     code = (
-        "import sys, ablate.schema, ablate.study.plan, ablate.help, ablate.cli;"
+        "import sys, ablate.components, ablate.schema, ablate.study.plan, ablate.help, ablate.cli;"
         "print(sorted(m for m in ('torch', 'transformers', 'peft', 'optuna', 'mlflow', 'pandas') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

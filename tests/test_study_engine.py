@@ -11,8 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from ablate.components import lora
 from ablate.components._arch import Dims
+from ablate.components.lora import layers as lora
 from ablate.errors import ConfigError
 from ablate.schema import StudyConfig
 from ablate.search import Dist, sample

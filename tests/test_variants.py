@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ablate.cli import CONF, normalize_overrides
-from ablate.components import build_configs, expected_params
+from ablate.components import build_configs
+from ablate.components.stack import expected_params
 from ablate.errors import ConfigError
 from ablate.schema import StudyConfig, TrialConfig
 from ablate.search import parse_space

@@ -1,178 +1,42 @@
-"""PEFT components: one module each, named in the schema's component list.
+"""PEFT components: one folder each (``ablate/components/<name>/``), found here, listed nowhere else.
 
-That list's order (``ablate.schema.peft.COMPONENTS``) is the canonical order: it spells
-arm names (``lora+adapter+prefix+prompt``) and the order components attach in.
+Importing this package imports every sub-folder, whose ``@register`` adds its config class to
+the registry (``registry.py`` says what a component is). Nothing here imports torch: the CLI
+and the schema read the components' fields without it. Attaching them to a model is
+``ablate.components.stack``.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from types import ModuleType
-from typing import Any
+import pkgutil
 
-from torch import nn
-
-from ablate.components._arch import Dims, dims
-from ablate.components.base import Attached
-from ablate.schema.peft import (
-    COMPONENTS,
+from ablate.components.registry import (
     CONFIGS,
-    CONTEXT_USERS,
     ComponentConfig,
     arm_name,
+    base_name,
     build_configs,
-    check_context,
     parse_arm,
+    register,
 )
 
-# The component list and its order are the schema's (``ablate.schema.peft.COMPONENTS``), which the
-# CLI reads without torch; each name's implementation is the module ``ablate.components.<name>``.
-REGISTRY: dict[str, ModuleType] = {n: importlib.import_module(f"ablate.components.{n}") for n in COMPONENTS}
+for _found in pkgutil.iter_modules(__path__):
+    if _found.ispkg:
+        importlib.import_module(f"{__name__}.{_found.name}")
 
-
-def expected_params(config, cfgs: Mapping[str, ComponentConfig]) -> dict[str, int]:
-    """Closed-form trainable-parameter count of each component, from the model config alone."""
-    d: Dims = dims(config)
-    return {n: REGISTRY[n].expected_params(d, c) for n, c in cfgs.items()}
-
-
-class Stack:
-    """The components attached to one model, in canonical order."""
-
-    def __init__(self, model: nn.Module, attached: list[Attached]) -> None:
-        self.model = model
-        self.attached = attached
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(a.name for a in self.attached)
-
-    def __iter__(self) -> Iterator[Attached]:
-        return iter(self.attached)
-
-    def __getitem__(self, name: str) -> Attached:
-        for a in self.attached:
-            if a.name == name:
-                return a
-        raise KeyError(name)
-
-    def num_parameters(self) -> dict[str, int]:
-        return {a.name: a.num_parameters() for a in self.attached}
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """One optimizer group per component, each with its own learning rate."""
-        return [
-            {"name": a.name, "params": a.parameters(), "lr": a.cfg.lr, "weight_decay": a.cfg.weight_decay}
-            for a in self.attached
-        ]
-
-    @contextmanager
-    def knocked_out(self, names: tuple[str, ...] | list[str]):
-        """Switch the named components off (evaluation-time ablation), then back on."""
-        chosen = [a for a in self.attached if a.name in names]
-        for a in chosen:
-            a.set_enabled(False)
-        try:
-            yield self
-        finally:
-            for a in chosen:
-                a.set_enabled(True)
-
-    def reset_gates(self) -> None:
-        for a in self.attached:
-            a.reset_gates()
-
-    def gate_metrics(self) -> dict[str, float]:
-        """``gate/<component>/<layer>``: mean gate value per layer of every gated component, over the
-        evaluations since ``reset_gates`` (empty when nothing is gated)."""
-        return {
-            f"gate/{a.name}/{layer:02d}": mean
-            for a in self.attached
-            for layer, mean in a.gate_means().items()
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {a.name: a.state_dict() for a in self.attached}
-
-    def load_state_dict(self, state: Mapping[str, Mapping]) -> None:
-        for a in self.attached:
-            a.load_state_dict(state[a.name])
-
-    def detach(self) -> None:
-        for a in reversed(self.attached):
-            a.detach()
-        self.attached = []
-
-
-def attach(model: nn.Module, cfgs: Mapping[str, ComponentConfig], max_length: int | None = None) -> Stack:
-    """Attach the components to a frozen base in canonical order; returns their ``Stack``."""
-    context = dims(model.config).context
-    attached: list[Attached] = []
-    try:
-        for name in REGISTRY:
-            if name not in cfgs:
-                continue
-            if name in CONTEXT_USERS and max_length is not None:
-                check_context(cfgs[name], context, max_length)
-            attached.append(REGISTRY[name].apply(model, cfgs[name]))
-    except BaseException:
-        Stack(model, attached).detach()  # leave the shared base exactly as we found it
-        raise
-    return Stack(model, attached)
-
+#: every component, in canonical order (it spells arm names and is the order they attach in)
+COMPONENTS: tuple[str, ...] = tuple(CONFIGS)
+#: the method every combination is built on and compared with (``base = True`` in its config)
+BASE: str = base_name()
 
 __all__ = [
+    "BASE",
     "COMPONENTS",
     "CONFIGS",
-    "CONTEXT_USERS",
-    "REGISTRY",
-    "Attached",
     "ComponentConfig",
-    "Stack",
     "arm_name",
-    "attach",
     "build_configs",
-    "check_context",
-    "expected_params",
     "parse_arm",
+    "register",
 ]
-
-
-def save(stack: Stack, directory) -> None:
-    """Write only the components' weights (safetensors) and their configs (JSON)."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        f"{comp}/{pname}": t.contiguous()
-        for comp, sd in stack.state_dict().items()
-        for pname, t in sd.items()
-    }
-    save_file(tensors, str(directory / "components.safetensors"))
-    meta = {a.name: a.cfg.to_dict() for a in stack}
-    (directory / "components.json").write_text(json.dumps(meta, indent=2))
-
-
-def load(model: nn.Module, directory, max_length: int | None = None) -> Stack:
-    """Attach the saved components to ``model`` and load their weights."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    meta = json.loads((directory / "components.json").read_text())
-    stack = attach(model, build_configs(parse_arm(list(meta)), meta), max_length)
-    flat = load_file(str(directory / "components.safetensors"))
-    state: dict[str, dict] = {name: {} for name in meta}
-    for key, tensor in flat.items():
-        comp, pname = key.split("/", 1)
-        state[comp][pname] = tensor
-    stack.load_state_dict(state)
-    return stack

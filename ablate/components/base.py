@@ -1,10 +1,10 @@
 """The component contract.
 
-A component is its fields (a class in ``ablate.schema.peft``, validated there
-without torch) plus ``apply(model, cfg)`` in its module here, which attaches it to a frozen (possibly 4-bit) base and returns an
-``Attached`` handle. The handle names the component's trainable parameters,
-switches it off and on (knockout), saves and loads only its own weights and
-detaches it cleanly, so one loaded base serves many trials.
+A component is its fields (its folder's ``__init__.py``, validated without torch;
+``registry.py``) plus ``apply(model, cfg)`` in its ``layers.py``, which attaches it to a
+frozen (possibly 4-bit) base and returns an ``Attached`` handle. The handle names the
+component's trainable parameters, switches it off and on (knockout), saves and loads only
+its own weights and detaches it cleanly, so one loaded base serves many trials.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ablate.schema.peft import ComponentConfig
+from ablate.components.registry import ComponentConfig
 
 
 class Attached:

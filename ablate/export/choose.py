@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ablate.components import BASE
 from ablate.errors import ConfigError
 
 
@@ -30,7 +31,7 @@ class Choice:
     best_config: dict[str, Any] = field(default_factory=dict)
 
 
-def choose(study: str, storage: str, arm: str | None, seed: int | None, baseline: str = "lora") -> Choice:
+def choose(study: str, storage: str, arm: str | None, seed: int | None, baseline: str = BASE) -> Choice:
     """Pick arm and seed from what the study recorded; a bad name or seed is a ``ConfigError``."""
     from ablate import stats
     from ablate.report.collect import collect

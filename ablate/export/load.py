@@ -13,7 +13,7 @@ FORMAT = "ablate-export/1"
 def load(directory: str | Path, base: Any) -> Any:
     """Re-attach an export's components to ``base`` (a model, or ablate's ``Base``); returns the
     ``Stack`` (``stack.detach()`` removes them again). The base must have the recorded architecture."""
-    from ablate import components
+    from ablate.components import stack as components
     from ablate.models import Base
 
     directory = Path(directory)

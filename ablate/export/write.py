@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ablate.components import BASE
 from ablate.errors import ConfigError, redact
 from ablate.export.card import model_card
 from ablate.export.choose import Choice, choose
@@ -48,7 +49,7 @@ def export(
     tracking_uri: str | None,
     opts: ExportConfig,
     *,
-    baseline: str = "lora",
+    baseline: str = BASE,
     question: str = "",
 ) -> Exported:
     """Write the chosen arm's components to ``opts.out``; nothing is written unless all of it works."""
@@ -128,13 +129,13 @@ def _write(
 ) -> dict[str, float]:
     import torch
 
-    from ablate import components
-    from ablate.components import lora
+    from ablate.components import stack as components
+    from ablate.components.lora import LoraConfig
+    from ablate.components.lora import layers as lora
     from ablate.data import DataConfig, load_splits
     from ablate.data.tokenize import encode, make_batches
     from ablate.models import load_base
     from ablate.schema import ModelConfig, QuantConfig
-    from ablate.schema.peft import LoraConfig
 
     model_cfg = ModelConfig.from_dict(trial["model"])
     base = load_base(model_cfg, QuantConfig.from_dict(trial["quant"]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ablate.components import BASE
 from ablate.errors import ConfigError
 
 REPORT_ARTIFACT_PATH = "report"
@@ -22,7 +23,7 @@ def build_report(
     storage: str,
     tracking_uri: str | None,
     out_dir: Path,
-    baseline: str = "lora",
+    baseline: str = BASE,
     alpha: float = 0.05,
 ) -> Path:
     """Rebuild the report of ``study`` from ``storage`` (+ MLflow at ``tracking_uri``) into ``out_dir``."""

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ablate import stats
+from ablate.components import BASE
 from ablate.report.collect import StudyData, lora_alone
 from ablate.stats import similarity
 
@@ -116,7 +117,7 @@ def primary_family(arms: pd.DataFrame, baseline: str) -> list[str]:
         for a in order_arms(arms, baseline)
         if a != baseline
         and not matched_to(arms, a)
-        and ("lora" in list(arms.loc[a, "components"]) or bool(fixed.get(a)))
+        and (BASE in list(arms.loc[a, "components"]) or bool(fixed.get(a)))
     ]
 
 
@@ -187,9 +188,9 @@ def interaction(
     """LoRA+X against X alone, and the additive contrast, for a two-component arm whose X-alone
     arm is in the study."""
     comps = list(data.arms.loc[arm, "components"])
-    if len(comps) != 2 or "lora" not in comps:
+    if len(comps) != 2 or BASE not in comps:
         return None
-    x = next(c for c in comps if c != "lora")
+    x = next(c for c in comps if c != BASE)
     single = next((a for a in data.arms.index if list(data.arms.loc[a, "components"]) == [x]), None)
     if single is None:
         return None
@@ -337,7 +338,7 @@ def search_curve(data: StudyData, arm: str) -> SearchCurve | None:
 
 
 def compute(
-    data: StudyData, baseline: str = "lora", alpha: float = 0.05, sesoi: float | None = None
+    data: StudyData, baseline: str = BASE, alpha: float = 0.05, sesoi: float | None = None
 ) -> Summary:
     """Every comparison and per-arm number of a study; ``summary.summarise`` adds the words."""
     if sesoi is None:

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ablate import stats
+from ablate.components import BASE
 from ablate.report.collect import StudyData
 from ablate.report.numbers import (
     LATE_BEST,
@@ -280,7 +281,7 @@ def interference_text(arm: str, r: similarity.Interference, alpha: float) -> str
 
 
 def summarise(
-    data: StudyData, baseline: str = "lora", alpha: float = 0.05, sesoi: float | None = None
+    data: StudyData, baseline: str = BASE, alpha: float = 0.05, sesoi: float | None = None
 ) -> Summary:
     """The numbers (``ablate.report.numbers.compute``) and their words: the verdict lines, the
     search warnings and each arm's best configuration as text."""

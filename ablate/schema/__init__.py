@@ -1,14 +1,14 @@
 """One schema for the whole config: every group and field, its type, range or choices, and its help.
 
-``schema/base.py`` holds the machinery (pydantic, and why), ``schema/peft.py`` the components'
-fields and the one component list, ``schema/config.py`` every other group. Nothing here imports
-torch or transformers, so ``ablate`` refuses a bad value before anything heavy is loaded
-, and ``ablate report`` reads recorded configs without the training stack.
+``ablate/fields.py`` holds the machinery (pydantic, and why), each component's folder its own
+fields (``ablate.components``), ``schema/config.py`` every other group. Nothing here imports
+torch or transformers, so ``ablate`` refuses a bad value before anything heavy is loaded,
+and ``ablate report`` reads recorded configs without the training stack.
 """
 
 from __future__ import annotations
 
-from ablate.schema.base import Schema, describe, field, unknown_reason
+from ablate.fields import Schema, describe, field, unknown_reason
 from ablate.schema.config import (
     DTYPE_NAMES,
     FORMATS,
@@ -31,23 +31,10 @@ from ablate.schema.config import (
     TrainConfig,
     TrialConfig,
 )
-from ablate.schema.peft import (
-    COMPONENTS,
-    CONFIGS,
-    CONTEXT_USERS,
-    ComponentConfig,
-    arm_name,
-    build_configs,
-    check_context,
-    parse_arm,
-)
 from ablate.schema.tasks import BUILTIN_TASKS, SOURCES
 
 __all__ = [
     "BUILTIN_TASKS",
-    "COMPONENTS",
-    "CONFIGS",
-    "CONTEXT_USERS",
     "DTYPE_NAMES",
     "FORMATS",
     "MAX_WORKERS",
@@ -57,7 +44,6 @@ __all__ = [
     "SAMPLERS",
     "SOURCES",
     "SPLITS",
-    "ComponentConfig",
     "Config",
     "DataConfig",
     "EvalConfig",
@@ -71,11 +57,7 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "TrialConfig",
-    "arm_name",
-    "build_configs",
-    "check_context",
     "describe",
     "field",
-    "parse_arm",
     "unknown_reason",
 ]

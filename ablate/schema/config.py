@@ -1,5 +1,6 @@
-"""Every config group but the components' (``schema/peft.py``): fields, types, ranges, choices,
-help, and the few cross-field rules, each a small validator next to its fields."""
+"""Every config group but the components' (each in its own folder, ``ablate.components``): fields,
+types, ranges, choices, help, and the few cross-field rules, each a small validator next to its
+fields."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from typing import Any, ClassVar, Literal
 import pydantic
 from pydantic import field_validator, model_validator
 
+from ablate.components import BASE, ComponentConfig, arm_name, build_configs, parse_arm
 from ablate.errors import ConfigError, require
-from ablate.schema.base import Schema, field
-from ablate.schema.peft import ComponentConfig, arm_name, build_configs, parse_arm
+from ablate.fields import Schema, field
 from ablate.schema.tasks import BUILTIN_TASKS, Source, parse_options
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -335,9 +336,7 @@ class StudyConfig(Schema):
         ..., "the baseline first; lora+adapter, lora@nf4, a preset (mam) or {NAME: {peft, set}}",
         min_length=1, reason="must be a non-empty list",
     )  # fmt: skip
-    baseline: str = field(
-        "lora", "searched first; every other arm with LoRA starts from its best LoRA values"
-    )
+    baseline: str = field(BASE, "searched first; every other arm with LoRA starts from its best LoRA values")
     matched: bool = field(True, "+ matched-lora: LoRA at the rank matching the best combination's params")
     factorial: bool = field(True, "+ X alone for every LoRA+X arm: the report's interaction needs it")
     interference: bool = field(

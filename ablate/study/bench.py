@@ -14,7 +14,7 @@ import gc
 from collections.abc import Mapping
 from typing import Any
 
-from ablate import components
+from ablate.components import stack as components
 from ablate.errors import ConfigError
 from ablate.schema import StudyConfig, TrialConfig
 from ablate.search import Dist

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ablate.components import BASE, CONFIGS, parse_arm
 from ablate.errors import ConfigError, require
-from ablate.schema import CONFIGS, QUANT_METHODS, StudyConfig, parse_arm
+from ablate.schema import QUANT_METHODS, StudyConfig
 
 MATCHED = "matched-lora"
 MATCH_TOLERANCE = 0.10  # the matched arm's trainable params are within 10% of its target
@@ -76,7 +77,7 @@ def parse_arms(cfg: StudyConfig, default_quant: str) -> list[Arm]:
         )
     require(cfg.baseline in names, "study.baseline", cfg.baseline, f"not among the arms ({', '.join(names)})")
     base = next(a for a in arms if a.name == cfg.baseline)
-    require(base.components == ("lora",), "study.baseline", cfg.baseline, "the baseline must be LoRA-only")
+    require(base.components == (BASE,), "study.baseline", cfg.baseline, f"the baseline must be {BASE} alone")
     # The baseline is searched first: every other arm with LoRA starts from its best LoRA values.
     arms = [base] + [a for a in arms if a is not base]
     names = [a.name for a in arms]
@@ -84,7 +85,7 @@ def parse_arms(cfg: StudyConfig, default_quant: str) -> list[Arm]:
     if cfg.factorial:
         alone = []
         for a in arms:
-            rest = tuple(c for c in a.components if c != "lora")
+            rest = tuple(c for c in a.components if c != BASE)
             # a variant's X alone would have to carry its fixed X fields: list it as its own arm
             if a.role == "combination" and len(rest) == 1 and not a.fixed:
                 name = rest[0] + ("" if a.quant == base.quant else f"@{a.quant}")
@@ -93,7 +94,7 @@ def parse_arms(cfg: StudyConfig, default_quant: str) -> list[Arm]:
         at = names.index(cfg.baseline) + 1
         arms = arms[:at] + alone + arms[at:]
     if cfg.matched:
-        arms.append(Arm(MATCHED, ("lora",), base.quant, "matched"))
+        arms.append(Arm(MATCHED, (BASE,), base.quant, "matched"))
     return arms
 
 
@@ -197,19 +198,17 @@ def load_preset(name: str) -> tuple[list[str], dict[str, Any]] | None:
     import yaml
 
     path = PEFT_CONF / f"{name}.yaml"
-    if not _NAME.match(name) or not path.is_file():
-        return None
+    if not _NAME.match(name) or name in CONFIGS or not path.is_file():
+        return None  # a component's own file (its defaults list pulls in its search space)
     data = yaml.safe_load(path.read_text()) or {}
-    if "defaults" not in data:
-        return None  # a component's own file
-    comps = [str(d) for d in data.pop("defaults") if d != "_self_"]
+    comps = [str(d) for d in data.pop("defaults", []) if d != "_self_"]
     return comps, _flatten(data)
 
 
 def _role(arm: Arm, baseline: str) -> str:
     if arm.name == baseline:
         return "baseline"
-    return "combination" if "lora" in arm.components and len(arm.components) > 1 else "single"
+    return "combination" if BASE in arm.components and len(arm.components) > 1 else "single"
 
 
 def combination_arms(arms: list[Arm]) -> list[Arm]:

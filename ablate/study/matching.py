@@ -11,14 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ablate.components import dims
-from ablate.components.lora import rank_for_params
+from ablate.components import CONFIGS
+from ablate.components._arch import dims
+from ablate.components.lora.layers import rank_for_params
 from ablate.errors import ConfigError
 from ablate.search import unflatten
 from ablate.study.config import MATCH_TOLERANCE, MATCHED
-
-#: the field that sets each component's capacity (its trainable params grow about linearly in it)
-CAPACITY_FIELDS = {"lora": "r", "adapter": "width", "prefix": "length", "prompt": "length"}
 
 
 def config_of(trial: Any) -> dict[str, dict[str, Any]]:
@@ -87,13 +85,11 @@ def check_match(
 def scaled(
     values: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Mapping[str, Any]], k: int
 ) -> dict:
-    """``values`` with each component's capacity field multiplied by ``k`` (its params about k x)."""
+    """``values`` with each component's capacity multiplied by ``k`` (its params about k x), as its
+    config class says (``ComponentConfig.capacity`` and ``scale_capacity``)."""
     out = {c: dict(v) for c, v in values.items()}
-    for comp, fname in CAPACITY_FIELDS.items():
-        base = out.get(comp, {}).get(fname, (defaults.get(comp) or {}).get(fname))
-        if comp in defaults and base is not None:
-            out.setdefault(comp, {})[fname] = int(base) * k
-    ratio = out.get("adapter", {}).get("width_ratio", (defaults.get("adapter") or {}).get("width_ratio"))
-    if "adapter" in defaults and ratio:  # the width is the model's (MAM): scale the ratio instead
-        out["adapter"]["width_ratio"] = float(ratio) * k
+    for comp in defaults:
+        changed = CONFIGS[comp].scale_capacity({**(defaults.get(comp) or {}), **out.get(comp, {})}, k)
+        if changed:
+            out.setdefault(comp, {}).update(changed)
     return out

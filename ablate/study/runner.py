@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ablate.components import BASE
 from ablate.errors import ConfigError, redact
 from ablate.schema import TrialConfig
 from ablate.search import sample
@@ -200,7 +201,7 @@ class StudyRunner:
             self.wait_for_running([studies[a.name] for a in self.arms if not a.matched])
             if not self.plan_match(studies):
                 return False
-        if arm.role == "baseline" or "lora" not in arm.components or self.spec.sampler == "grid":
+        if arm.role == "baseline" or BASE not in arm.components or self.spec.sampler == "grid":
             return True
         self.wait_for_running([baseline])
         with self.lock(study.study_name):
@@ -233,7 +234,7 @@ class StudyRunner:
                 "matched_target_params", int(trial.user_attrs["metrics"]["trainable_params"])
             )
         to, target = matched.user_attrs["matched_to"], matched.user_attrs["matched_target_params"]
-        defaults = self.bench.defaults(self.arms[-1])["lora"]
+        defaults = self.bench.defaults(self.arms[-1])[BASE]
         space = self.spaces[MATCHED]
         at = [n for n, d in enumerate(space) if d.name == "lora.targets"]
         choices = list(space[at[0]].choices) if at else [defaults.get("targets")]
@@ -278,11 +279,11 @@ class StudyRunner:
         def prepare(trial: Trial) -> TrialConfig:
             values = sample(trial, dists)
             if arm.matched:  # the rank that matches the pinned count for these targets
-                fields = {**self.bench.defaults(arm)["lora"], **values.get("lora", {})}
+                fields = {**self.bench.defaults(arm)[BASE], **values.get(BASE, {})}
                 model = self.bench.model_config(arm)
                 rank, _ = matched_rank(model, fields, matched["matched_target_params"], matched["matched_to"])
-                trial.set_user_attr("derived", {"lora": {"r": rank}})
-                values.setdefault("lora", {})["r"] = rank
+                trial.set_user_attr("derived", {BASE: {"r": rank}})
+                values.setdefault(BASE, {})["r"] = rank
             evals = {"knockout": False, "zero_shot": False, "save_components": False}
             return self.bench.config(arm, values, run=("search", trial.number), evals=evals)
 
@@ -334,8 +335,8 @@ class StudyRunner:
         The baseline's LoRA was tuned alone and may differ in rank, alpha and targets, so it
         cannot serve: the difference would mix those hyperparameters with interference."""
         fixed = tuple((k, v) for k, v in arm.fixed if k.startswith("lora."))
-        alone = Arm(arm.name, ("lora",), arm.quant, "single", fixed)
-        values = {"lora": dict(study.user_attrs["best_config"].get("lora") or {})}
+        alone = Arm(arm.name, (BASE,), arm.quant, "single", fixed)
+        values = {BASE: dict(study.user_attrs["best_config"].get(BASE) or {})}
         suffix = lora_alone_suffix(study.user_attrs)
         study.set_user_attr("lora_alone", self.replicate(alone, values, storage, suffix, arec, progress))
         if self.tracking.backend == "mlflow":

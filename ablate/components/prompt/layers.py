@@ -15,7 +15,7 @@ from torch import nn
 
 from ablate.components._arch import Dims, dims
 from ablate.components.base import Attached, trainable_fp32
-from ablate.schema.peft import PromptConfig
+from ablate.components.prompt import PromptConfig
 
 MODULE_NAME = "ablate_prompt"
 

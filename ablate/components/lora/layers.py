@@ -1,4 +1,4 @@
-"""LoRA through peft (rsLoRA and DoRA are peft flags).
+"""LoRA through peft (rsLoRA and DoRA are peft flags): its torch side and the PEFT format.
 
 peft's ``inject_adapter_in_model`` puts LoRA layers into the plain model
 without a PeftModel wrapper, so LoRA composes with our own adapter, prefix and
@@ -16,8 +16,8 @@ from torch import nn
 from ablate.components import gate as gating
 from ablate.components._arch import Dims, decoder_layers, layer_linear_names
 from ablate.components.base import Attached, trainable_fp32
+from ablate.components.lora import LoraConfig
 from ablate.errors import ConfigError
-from ablate.schema.peft import LoraConfig
 
 ADAPTER_NAME = "ablate"
 GATE_NAME = "lora_gate"  # ModuleDict on each LoRA layer, keyed by ADAPTER_NAME like lora_A/lora_B

@@ -21,7 +21,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from ablate.components import gate as gating
 from ablate.components._arch import Dims, decoder_layers, dims
 from ablate.components.base import Attached, trainable_fp32
-from ablate.schema.peft import PrefixConfig
+from ablate.components.prefix import PrefixConfig
 
 MODULE_NAME = "ablate_prefix"
 _PREFIX_IMPL = "ablate_prefix_"  # registered as ablate_prefix_<original implementation>

@@ -14,8 +14,8 @@ from torch import nn
 
 from ablate.components import gate as gating
 from ablate.components._arch import Dims, decoder_layers, dims
+from ablate.components.adapter import PLACEMENTS, AdapterConfig
 from ablate.components.base import Attached, trainable_fp32
-from ablate.schema.peft import PLACEMENTS, AdapterConfig
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 MODULE_NAME = "ablate_adapter"

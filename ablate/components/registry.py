@@ -16,6 +16,7 @@ complete before any config is validated: nothing else names the components.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -24,6 +25,8 @@ from ablate.fields import Schema, field
 
 #: name -> config class, kept in canonical order (``ComponentConfig.order``)
 CONFIGS: dict[str, type[ComponentConfig]] = {}
+#: a component's name: its folder, its config key (``peft.<name>``) and part of arm names and paths
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class ComponentConfig(Schema):
@@ -80,6 +83,8 @@ class ComponentConfig(Schema):
 
 def register(cls: type[ComponentConfig]) -> type[ComponentConfig]:
     """``@register`` on a component's config class: the one line that makes it part of ablate."""
+    if not NAME.match(cls.name):
+        raise TypeError(f"{cls.__name__}: name {cls.name!r} must be lower-case letters, digits and _")
     for other in CONFIGS.values():
         if other.name == cls.name or other.order == cls.order:
             raise TypeError(

@@ -26,7 +26,7 @@ from ablate.schema import QUANT_METHODS, StudyConfig
 
 MATCHED = "matched-lora"
 MATCH_TOLERANCE = 0.10  # the matched arm's trainable params are within 10% of its target
-_ARM = re.compile(r"^(?P<components>[a-z+]+)(@(?P<quant>\w+))?$")
+_ARM = re.compile(r"^(?P<components>[a-z0-9_+]+)(@(?P<quant>\w+))?$")  # names: registry.NAME
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # an arm name is part of Optuna study names and paths
 VARIANT_KEYS = ("peft", "set", "quant")
 PEFT_CONF = Path(__file__).resolve().parents[2] / "conf" / "peft"

@@ -177,6 +177,7 @@ CLOSED_FORMS = [
     ("prefix", {"length": 5, "gate": True}, None),
     ("prompt", {"length": 3}, 3 * 64),
     ("prompt", {"length": 7, "init": "random"}, None),
+    ("ia3", {}, 2 * (2 * 32 + 128)),
 ]
 
 

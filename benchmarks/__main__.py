@@ -5,6 +5,7 @@
     python -m benchmarks throughput [--smoke] [...]     # item 1 alone
     python -m benchmarks study-time STORAGE WALL_S      # where a finished study's time went
     python -m benchmarks calibration [--smoke]          # how often the verdict is wrong (numpy only)
+    python -m benchmarks sequential [--smoke]           # study.seeds=auto: error, power, seeds saved
 
 Each ``--smoke`` runs the whole path on the tiny model in seconds; the test suite runs them all.
 """
@@ -15,13 +16,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-#: sub-command -> module (imported on use: calibration never imports torch)
+#: sub-command -> module (imported on use: calibration and sequential never import torch)
 COMMANDS = {
     "run": "run",
     "gpu": "gpu",
     "throughput": "throughput",
     "study-time": "study_time",
     "calibration": "calibration",
+    "sequential": "sequential",
 }
 
 

@@ -27,13 +27,16 @@ CASES = {  # sub-command -> (arguments, the files it writes, what its JSON holds
         "calibration-smoke.json",
         ("cells", "bootstrap", "family", "plan", "interference"),
     ),
+    "sequential": (["--smoke"], "sequential-smoke.json", ("cells", "designs")),
 }
 
 
 @pytest.mark.parametrize("command", list(CASES))
 def test_every_benchmark_runs_in_smoke_mode(command, tmp_path, capsys):
     args, pattern, keys = CASES[command]
-    out = ["--out", str(tmp_path)] if command == "calibration" else ["--out-dir", str(tmp_path)]
+    out = (
+        ["--out", str(tmp_path)] if command in ("calibration", "sequential") else ["--out-dir", str(tmp_path)]
+    )
     assert main([command, *args, *out]) == 0
     written = sorted(tmp_path.glob(pattern))
     assert len(written) == 1, sorted(p.name for p in tmp_path.iterdir())

@@ -100,6 +100,21 @@ REFUSED = [
     ),  # fmt: skip
     (TrialConfig, {"peft": {"lora": {"r": -1}}}, "peft.lora.r=-1: must be an integer > 0"),
     (
+        StudyConfig,
+        {"name": "s", "arms": ["lora"], "seeds": "many"},
+        "study.seeds='many': must be an integer > 0 or auto (group-sequential looks)",
+    ),
+    (
+        StudyConfig,
+        {"name": "s", "arms": ["lora"], "looks": [3, 3, 5]},
+        "study.looks=[3, 3, 5]: a list of increasing seed counts, the first at least 3",
+    ),
+    (
+        StudyConfig,
+        {"name": "s", "arms": ["lora"], "spending": "linear"},
+        "study.spending='linear': must be one of obf, pocock",
+    ),
+    (
         TrialConfig,
         {"peft": {"lora": {}}, "train": {"eval_every": 0}},
         "train.eval_every=0: must be an integer > 0",

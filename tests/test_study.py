@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from ablate.cli import CONF, normalize_overrides
+from ablate.components import COMPONENTS
 from ablate.search import parse_space
 from ablate.study import MATCHED, StudyConfig, parse_arms
 from tests.test_cli import run_cli
@@ -27,7 +28,7 @@ SMOKE = ["model=tiny", "budget=smoke", "study.report=false"]
 
 
 def composed(*overrides: str) -> dict:
-    args = normalize_overrides(["peft=[lora,adapter,prefix,prompt]", *overrides])
+    args = normalize_overrides(["peft=[" + ",".join(COMPONENTS) + "]", *overrides])
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return OmegaConf.to_container(compose("config", overrides=args), resolve=True)
 

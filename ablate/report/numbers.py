@@ -8,24 +8,27 @@ Every comparison is paired: the same replicate seed in both arms (same data orde
 and the same test items, through the crossed seeds x items t interval of ``ablate.stats``. The
 primary family is fixed by the study's design before any data is seen: every
 LoRA-containing arm that is not the baseline and not the parameter-matched control
-(i.e. each LoRA+X, or LoRA on another base), against the baseline, Holm-adjusted.
+(i.e. each LoRA+X, or LoRA on another base), against the baseline, Holm-adjusted (with
+``study.seeds=auto``: the group-sequential design's verdicts, each at alpha / m).
 Everything else (matched LoRA, X alone, combination vs matched) is secondary and
 reported unadjusted, labelled so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from ablate import stats
 from ablate.components import BASE
 from ablate.report.collect import StudyData, lora_alone
-from ablate.stats import similarity
+from ablate.stats import sequential, similarity
 
 METRIC, LOSS = "test_em", "test_loss"
 COSTS = (
@@ -83,6 +86,8 @@ class Summary:
     fixed_lora: dict[str, stats.Comparison] = field(default_factory=dict)
     #: arm -> does X move LoRA's update more than a reseed does (``ablate.stats.similarity``)
     interference: dict[str, similarity.Interference] = field(default_factory=dict)
+    #: study.seeds=auto: the recorded design and its looks (``ablate.study.looks``); None: fixed seeds
+    sequential: dict[str, Any] | None = None
 
 
 def _mean(rep: pd.DataFrame, col: str) -> float:
@@ -170,7 +175,7 @@ def aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return a[keep].to_numpy(dtype=float), b[keep].to_numpy(dtype=float)
 
 
-def _compare(data: StudyData, arm: str, base: str, metric: str, sesoi: float, alpha: float):
+def compare_arms(data: StudyData, arm: str, base: str, metric: str, sesoi: float, alpha: float):
     col = "correct" if metric == "em" else "loss"
     a, b = aligned(matrix(data, arm, col), matrix(data, base, col))
     return stats.compare(a, b, metric=metric, sesoi=sesoi, alpha=alpha)
@@ -252,16 +257,16 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
             "primary": arm in primary,
         }
         if arm != baseline:
-            comps[arm] = _compare(data, arm, baseline, "em", sesoi, alpha)
-            loss_comps[arm] = _compare(data, arm, baseline, "loss", LOSS_SESOI, alpha)
+            comps[arm] = compare_arms(data, arm, baseline, "em", sesoi, alpha)
+            loss_comps[arm] = compare_arms(data, arm, baseline, "loss", LOSS_SESOI, alpha)
         st = trials[trials["arm"] == arm]["state"] if len(trials) else pd.Series(dtype=str)
         for state in ("complete", "pruned", "failed"):
             row[f"trials_{state}"] = int((st == state).sum())
         rows.append(row)
-    comps = stats.holm_family(comps, primary)
+    comps = sequential_verdicts(data, stats.holm_family(comps, primary), primary, baseline)
     df = pd.DataFrame(rows).set_index("arm", drop=False)
     fields = ("diff", "lo", "hi", "lo90", "hi90", "p", "p_adj", "p_seed", "hedges_g", "mde", "tost_p")
-    fields += ("seeds_needed", "df")
+    fields += ("seeds_needed", "df", "ci_level", "sequential")
     for col in (*fields, "status", "verdict"):
         df[f"delta_{col}"] = [getattr(comps[a], col) if a in comps else None for a in df.index]
     for part in ("seed", "item", "resid"):
@@ -273,11 +278,66 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
     return df, comps, loss_comps, primary
 
 
+STOPS = {  # why a comparison of a group-sequential study stopped, in words
+    sequential.DECIDED: "decided",
+    sequential.EQUIVALENT: "shown equivalent",
+    sequential.FUTILE: "stopped for futility (too unlikely to be decided by the cap)",
+    sequential.NO_VERDICT: "stopped: the arms cannot be told apart on this task",
+}
+
+
+def sequential_state(data: StudyData, baseline: str) -> dict[str, Any] | None:
+    """The recorded group-sequential design and its looks (``study.seeds=auto``), else None."""
+    study = data.studies.get(baseline)
+    return (study.user_attrs.get("sequential") or None) if study is not None else None
+
+
+def sequential_verdicts(
+    data: StudyData, comps: dict[str, stats.Comparison], primary: list[str], baseline: str
+) -> dict[str, stats.Comparison]:
+    """``study.seeds=auto``: each primary comparison's verdict is the one its design reached at the
+    look it stopped at (``ablate.study.looks``), with the repeated confidence interval at that
+    look's level (it covers at the design's rate whenever the study stopped); no Holm (each
+    comparison spent alpha / m) and no seeds plan: an open comparison at the cap is
+    "inconclusive at the cap of N seeds", never a guess."""
+    state = sequential_state(data, baseline)
+    if not state:
+        return comps
+    out, looks, cap = dict(comps), state.get("looks") or [], state["design"]["looks"][-1]
+    for arm in primary:
+        seen = [(look, look["steps"][arm]) for look in looks if arm in look["steps"]]
+        if arm not in comps or not seen:
+            continue
+        look, step = seen[-1]
+        c, level = comps[arm], float(step["boundary_p"])
+        lo, hi = c.lo, c.hi
+        if c.se > 0 and math.isfinite(c.df):
+            half = float(scipy_stats.t.ppf(1 - level / 2, c.df)) * c.se
+            lo, hi = c.diff - half, c.diff + half
+        where = f"look {look['look'] + 1} of {len(state['design']['looks'])} ({look['seeds']} seeds)"
+        reason = step["reason"]
+        if reason == sequential.CAP:
+            text = f"inconclusive at the cap of {cap} seeds (group-sequential design)"
+        elif reason == sequential.OPEN:
+            text = f"still open after {where}: the study has more looks to take"
+        else:
+            p = step.get("p")
+            against = f": p={p:.2g} against the look's boundary {level:.2g}" if p is not None else ""
+            text = f"group-sequential design: {STOPS[reason]} at {where}{against}"
+        out[arm] = dataclasses.replace(
+            c, verdict=step["verdict"], lo=lo, hi=hi, p_adj=math.nan, seeds_needed=None,
+            more_items_needed=False, plan_note=text, ci_level=1 - level, sequential=text,
+        )  # fmt: skip
+    return out
+
+
 def fixed_lora_comparisons(data: StudyData, arms: list[str], sesoi: float, alpha: float):
     """Each combination against its own LoRA settings trained alone on the same seeds (secondary,
     unadjusted): what X adds with LoRA held fixed, free of the baseline's different tuning."""
     have = set(data.items["arm"]) | set(data.failures["arm"])
-    return {a: _compare(data, a, lora_alone(a), "em", sesoi, alpha) for a in arms if lora_alone(a) in have}
+    return {
+        a: compare_arms(data, a, lora_alone(a), "em", sesoi, alpha) for a in arms if lora_alone(a) in have
+    }
 
 
 def interference_readings(data: StudyData, alpha: float) -> dict[str, similarity.Interference]:
@@ -304,7 +364,7 @@ def secondary_comparisons(data: StudyData, numbers: pd.DataFrame, sesoi: float, 
     for arm in numbers.index:
         target = matched_to(data.arms, arm)
         if target and target in numbers.index:
-            out[f"{target} vs {arm}"] = _compare(data, target, arm, "em", sesoi, alpha)
+            out[f"{target} vs {arm}"] = compare_arms(data, target, arm, "em", sesoi, alpha)
     return out
 
 
@@ -359,6 +419,7 @@ def compute(
         [],
         fixed_lora_comparisons(data, list(numbers.index), sesoi, alpha),
         interference_readings(data, alpha),
+        sequential_state(data, baseline),
     )
     for arm, c in s.fixed_lora.items():
         numbers.loc[arm, ["fixed_lora_diff", "fixed_lora_lo", "fixed_lora_hi"]] = [c.diff, c.lo, c.hi]

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ablate import stats
 from ablate.report.figures import Fig
-from ablate.report.summary import Summary, pts
+from ablate.report.summary import Summary, design_table, pts
 from ablate.stats.similarity import FEW
 
 CSS = """
@@ -57,6 +57,13 @@ def _header(s: Summary, study: str) -> str:
     )
 
 
+DESIGN_NOTE = (
+    "study.seeds=auto: every arm ran the first look's seeds; at each look each primary comparison still "
+    "open was tested at that look's boundary (its nominal p), and only the open arms and the baseline got "
+    "the next look's seeds. The boundaries spend the family's alpha over the looks (Lan-DeMets), so the "
+    "rate of false better/worse verdicts over the whole design stays at alpha; its intervals are repeated "
+    "confidence intervals at the level of the look each comparison stopped at."
+)
 INTERFERENCE_NOTE = (
     "LoRA's weight update dW = s·B·A of each combination, compared with the same LoRA settings "
     "(rank, alpha, targets, learning rate) trained alone on the same seed; the reference is LoRA alone "
@@ -117,6 +124,8 @@ def markdown(
     if s.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in s.warnings]
     lines += ["", "## Arms", "", _md_table(table), ""]
+    if (design := design_table(s)) is not None:
+        lines += ["## Seeds: the group-sequential design", "", DESIGN_NOTE, "", _md_table(design), ""]
     if len(inter):
         lines += [
             "## Do the methods interfere?",
@@ -164,6 +173,12 @@ def html_page(
     if s.warnings:
         parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in s.warnings) + "</ul>")
     parts.append("<h2>Arms</h2>" + table.to_html(index=False, escape=True, table_id="arms", border=0))
+    if (design := design_table(s)) is not None:
+        parts.append(
+            "<h2>Seeds: the group-sequential design</h2>"
+            + f"<p>{e(DESIGN_NOTE)}</p>"
+            + design.to_html(index=False, border=0, table_id="design")
+        )
     if len(inter):
         parts.append(
             "<h2>Do the methods interfere?</h2>"

@@ -129,9 +129,12 @@ def _numbers_text(c: stats.Comparison, loss: stats.Comparison | None, adjusted: 
     if c.status == stats.NO_DATA:
         return "no seed has test scores in both arms yet"
     p, label = (c.p_adj, "Holm-adjusted p") if adjusted else (c.p, "unadjusted p")
-    level = round(100 * (1 - c.alpha))
+    level, ci = f"{round(100 * (1 - c.alpha))}%", "CI"
+    if c.sequential:  # the design spent alpha / m over the looks: its own level, no Holm
+        p, label = c.p, "p"
+        level, ci = f"{100 * c.ci_level:.4g}%", "repeated CI"
     parts = [
-        f"{pts(c.diff)} EM ({level}% CI {pts(c.lo)}..{pts(c.hi)}, {label}={fmt_p(p)}",
+        f"{pts(c.diff)} EM ({level} {ci} {pts(c.lo)}..{pts(c.hi)}, {label}={fmt_p(p)}",
         f"equivalence (TOST) at ±{100 * c.sesoi:.1f}: {round(100 * (1 - 2 * c.alpha))}% CI "
         f"{pts(c.lo90)}..{pts(c.hi90)}, p={fmt_p(c.tost_p)}",
     ]
@@ -145,7 +148,8 @@ def _numbers_text(c: stats.Comparison, loss: stats.Comparison | None, adjusted: 
         parts.append(var)
     text = "; ".join(parts) + f"; {c.n_seeds} seed(s) x {c.n_items} item(s))"
     if loss is not None and loss.status != stats.NO_DATA:
-        text += f"; test loss {loss.diff:+.3f} ({level}% CI {loss.lo:+.3f}..{loss.hi:+.3f})"
+        loss_level = round(100 * (1 - loss.alpha))
+        text += f"; test loss {loss.diff:+.3f} ({loss_level}% CI {loss.lo:+.3f}..{loss.hi:+.3f})"
     if c.note and c.status in stats.DECIDABLE:
         text += f"; {c.note}"
     if c.verdict == stats.INCONCLUSIVE and c.plan_note and c.status == stats.OK:
@@ -258,11 +262,64 @@ def verdict(data: StudyData, s: Summary) -> list[str]:
     lines += [interference_text(arm, r, s.alpha) for arm, r in s.interference.items()]
     by = {k: [a for a in s.primary if s.comparisons[a].verdict == k] for k in VERDICT_ORDER}
     summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in by.items() if v)
+    how = f"Holm at alpha={s.alpha:g}"
+    if s.sequential:
+        d = s.sequential["design"]
+        how = (
+            f"group-sequential, each at alpha/m={d['alpha']:g}/{d['m']} spent over looks at "
+            f"{', '.join(map(str, d['looks']))} seeds ({SPENDING_NAMES[d['spending']]})"
+        )
     lines.append(
-        f"Primary family (fixed by the design: each LoRA arm vs {label}, Holm at alpha={s.alpha:g}, "
+        f"Primary family (fixed by the design: each LoRA arm vs {label}, {how}, "
         f"{len(s.primary)} comparison(s)): " + (summary or "empty") + "."
     )
+    if s.sequential:
+        lines.append(sequential_text(s))
     return lines
+
+
+SPENDING_NAMES = {"obf": "Lan-DeMets O'Brien-Fleming spending", "pocock": "Lan-DeMets Pocock spending"}
+
+
+def sequential_text(s: Summary) -> str:
+    """Seeds spent per arm under ``study.seeds=auto``, and why each primary comparison stopped."""
+    looks = s.sequential.get("looks") or []
+    seeds = {a: int(s.numbers.loc[a, "seeds"]) for a in s.numbers.index}
+    spent = ", ".join(f"{a} {n}" for a, n in seeds.items())
+    taken = ", ".join(str(look["seeds"]) for look in looks) or "none yet"
+    stops = "; ".join(f"{a}: {s.comparisons[a].sequential}" for a in s.primary if s.comparisons[a].sequential)
+    return (
+        f"Seeds (study.seeds=auto): looks taken at {taken} seeds; seeds per arm: {spent} (X-alone and "
+        f"matched arms keep the first look's; benchmarks/results/sequential.md measures the design's error "
+        f"rate and power). " + (stops + "." if stops else "")
+    )
+
+
+def design_table(s: Summary) -> pd.DataFrame | None:
+    """One row per planned look: its seeds, boundary, nominal p and alpha spent, and where each
+    primary comparison stood after it (blank: not taken, or the comparison had stopped)."""
+    if not s.sequential:
+        return None
+    d, looks = s.sequential["design"], s.sequential.get("looks") or []
+    rows = []
+    for k, n in enumerate(d["looks"]):
+        row = {
+            "look": k + 1,
+            "seeds": n,
+            "z boundary": f"{d['z'][k]:.3f}",
+            "nominal p": f"{d['nominal_p'][k]:.2g}",
+            "alpha spent": f"{d['alpha_spent'][k]:.2g}",
+        }
+        steps = looks[k]["steps"] if k < len(looks) else {}
+        for arm in s.primary:
+            step = steps.get(arm)
+            row[arm] = (
+                ""
+                if step is None
+                else f"{step['reason']}" + (f" (p={step['p']:.2g})" if step.get("p") is not None else "")
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def interference_text(arm: str, r: similarity.Interference, alpha: float) -> str:
@@ -309,8 +366,9 @@ def display_table(s: Summary) -> pd.DataFrame:
             return "baseline"
         if c.status == stats.NO_DATA:
             return "-"
-        p = c.p_adj if c.primary else c.p
-        return f"{pts(c.diff)} [{pts(c.lo)}..{pts(c.hi)}], p={fmt_p(p)}" + ("" if c.primary else " (unadj.)")
+        p = c.p_adj if c.primary and not c.sequential else c.p
+        tag = " (sequential)" if c.sequential else "" if c.primary else " (unadj.)"
+        return f"{pts(c.diff)} [{pts(c.lo)}..{pts(c.hi)}], p={fmt_p(p)}" + tag
 
     def word(arm: str) -> str:
         c = s.comparisons.get(arm)
@@ -326,6 +384,8 @@ def display_table(s: Summary) -> pd.DataFrame:
             more = (
                 "more items" if c.more_items_needed else f"~{c.seeds_needed} seeds" if c.seeds_needed else ""
             )
+            if c.sequential:
+                more = "at the cap" if "at the cap" in c.sequential else "open"
             return "inconclusive" + (f" ({more})" if more else "")
         return c.verdict
 

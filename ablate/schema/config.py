@@ -349,7 +349,20 @@ class StudyConfig(Schema):
         0.3, "TPE's random start-up: this share of n_trials (at least 1)", gt=0, le=1,
         reason="must be a number in (0, 1]",
     )  # fmt: skip
-    seeds: int = field(3, "replicate seeds of each arm's best configuration (test split)", gt=0)
+    seeds: int | Literal["auto"] = field(
+        3, "replicate seeds of each arm's best configuration (test split); auto: look at study.looks",
+        reason="must be an integer > 0 or auto (group-sequential: only open comparisons get more seeds)",
+    )  # fmt: skip
+    looks: list[int] = field(
+        [3, 5, 8, 12, 20], "seeds=auto: the seeds at each look, planned before any data (up to max_seeds)"
+    )
+    max_seeds: int = field(20, "seeds=auto: the cap; a comparison still open there is inconclusive", ge=3)
+    spending: Literal["obf", "pocock"] = field(
+        "obf", "seeds=auto: how the error is spent over the looks (Lan-DeMets O'Brien-Fleming or Pocock)"
+    )
+    futility: float = field(
+        0.0, "seeds=auto: stop a comparison whose conditional power is below this (0: never)", ge=0, lt=1
+    )
     capacity_levels: list[int] | None = field(
         None, "e.g. [1, 4, 16]: also replicate each best config with r/width/length x k"
     )
@@ -388,6 +401,40 @@ class StudyConfig(Schema):
                 raise ConfigError(key, k, "must be an integer > 0")
         require(len(set(levels)) == len(levels), key, levels, "a level is listed twice")
         return levels
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, seeds: Any) -> Any:
+        ok = seeds == "auto" or (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0)
+        require(ok, "study.seeds", seeds, "must be an integer > 0 or auto (group-sequential looks)")
+        return seeds
+
+    @field_validator("looks", mode="before")
+    @classmethod
+    def _looks(cls, looks: Any) -> Any:
+        key, reason = "study.looks", "a list of increasing seed counts, the first at least 3"
+        require(isinstance(looks, list) and len(looks) > 0, key, looks, reason)
+        ints = all(isinstance(n, int) and not isinstance(n, bool) for n in looks)
+        require(ints and looks == sorted(set(looks)) and looks[0] >= 3, key, looks, reason)
+        return looks
+
+    @property
+    def sequential(self) -> bool:
+        """``seeds=auto``: replication in looks (``ablate.stats.sequential``)."""
+        return self.seeds == "auto"
+
+    @property
+    def seed_cap(self) -> int:
+        """The most seeds an arm can get: ``max_seeds`` with looks, else ``seeds``."""
+        return self.max_seeds if self.sequential else int(self.seeds)
+
+    @property
+    def look_seeds(self) -> list[int]:
+        """The seeds at each look (one look of ``seeds`` for a fixed count): the looks below the
+        cap, and the cap."""
+        if not self.sequential:
+            return [int(self.seeds)]
+        return [n for n in self.looks if n < self.max_seeds] + [self.max_seeds]
 
     @property
     def storage_url(self) -> str:

@@ -103,6 +103,10 @@ class Comparison:
     primary: bool = False
     note: str = ""
     variance: VarianceParts | None = None
+    #: seeds=auto: the level of the repeated confidence interval in ``lo``/``hi`` (that of the look
+    #: the comparison stopped at; nan: ``1 - alpha``), and the design's account of the stop
+    ci_level: float = math.nan
+    sequential: str = ""
 
     @property
     def decided(self) -> bool:

@@ -139,7 +139,13 @@ NOT_PLANNED = (
 PLAN_ATTR = "plan"  # the study user attribute (on every arm's search study) that holds the plan
 #: Settings added after studies were first recorded, with the value that keeps such a study's plan:
 #: absent from a recorded plan and at this value now, they are not a change of plan.
-ADDED_LATER = {"study.interference": True}
+ADDED_LATER = {
+    "study.interference": True,
+    "study.looks": [3, 5, 8, 12, 20],
+    "study.max_seeds": 20,
+    "study.spending": "obf",
+    "study.futility": 0.0,
+}
 
 
 def _file_hash(path: str) -> str:

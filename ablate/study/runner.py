@@ -92,10 +92,12 @@ class StudyRunner:
                 }
             )
             self.search_all(studies, srec, progress)
-            for arm in self.arms:
-                if counted(studies[arm.name]):  # matched-lora with nothing to match has no trial
-                    with records.arm_run(self.tracker, srec, self.spec.name, arm, self.lock) as arec:
-                        self.replicate_arm(arm, studies, storage, arec, progress)
+            # matched-lora with nothing to match has no trial, so nothing to replicate
+            active = [arm for arm in self.arms if counted(studies[arm.name])]
+            seeds = self.replicate_in_looks(active, studies, storage, srec, progress)
+            for arm in active:
+                with records.arm_run(self.tracker, srec, self.spec.name, arm, self.lock) as arec:
+                    self.replicate_extras(arm, studies, storage, arec, progress, seeds[arm.name])
             totals = [records.summary(s) for s in studies.values()]
             srec.log_metrics(
                 {k: sum(t[k] for t in totals) for k in ("trials_complete", "trials_pruned", "trials_failed")}
@@ -186,12 +188,15 @@ class StudyRunner:
                 return
 
     def _seeds_left(self, study: Study) -> int:
+        """Seeds still to run for this arm as planned (with looks: the first look's; a later look
+        adds its seeds to the progress when it is taken)."""
+        planned = self.spec.look_seeds[0]
         done = [len(study.user_attrs.get("replicates") or {})]
         if study.user_attrs.get("role") == "combination" and self.spec.interference:
             done.append(len(study.user_attrs.get("lora_alone") or {}))
         capacity = study.user_attrs.get("capacity") or {}
         done += [len(capacity.get(str(k)) or {}) for k in self.spec.capacity_levels or [] if k != 1]
-        return sum(max(self.spec.seeds - n, 0) for n in done)
+        return sum(max(planned - n, 0) for n in done)
 
     def start(self, arm: Arm, studies: Mapping[str, Study]) -> bool:
         """Before an arm's search: the matched arm pins what it matches (False: nothing to match);
@@ -303,31 +308,73 @@ class StudyRunner:
         job = Job(budget_left(n), prepare, work, reseeder(self.spec, dists, worker), report, within_budget(n))
         return drive(study, job, self.lock, self.reaper)
 
-    def replicate_arm(
-        self, arm: Arm, studies: Mapping[str, Study], storage: BaseStorage, arec: Recorder, progress: Progress
-    ) -> None:
-        """The best configuration over the seeds (``replicates``), at each capacity level
-        (``capacity`` = {k: {seed: metrics}}), and LoRA's interference in a combination."""
+    def replicate_in_looks(
+        self, active: list[Arm], studies: Mapping[str, Study], storage: BaseStorage, srec: Recorder,
+        progress: Progress,
+    ) -> dict[str, int]:  # fmt: skip
+        """Replicate every arm's best configuration: at ``study.seeds``, or (``seeds=auto``) in looks:
+        every arm at the first look's seeds, then only the arms whose primary comparison is still
+        open, and the baseline while any is (``ablate.study.looks``). Returns each arm's seeds."""
+        from ablate.study import looks as L
+
+        plan = self.spec.look_seeds
+        design = L.design_for(self.spec, self.arms) if self.spec.sequential else None
+        primary = L.primary_arms(self.arms, self.spec.baseline)
+        seeds = {arm.name: plan[0] for arm in active}
+        for k, n in enumerate(plan):
+            if design is None:
+                todo = active
+            else:
+                arms_open = L.open_at(L.recorded(studies[self.spec.baseline]), primary, k)
+                if k and not arms_open:
+                    break
+                todo = [a for a in active if not k or a.name in arms_open or a.name == self.spec.baseline]
+                if k:
+                    progress.total += sum(n - seeds[a.name] for a in todo)
+            for arm in todo:
+                with records.arm_run(self.tracker, srec, self.spec.name, arm, self.lock) as arec:
+                    self.replicate_best(arm, studies, storage, arec, progress, n)
+                seeds[arm.name] = n
+            if design is not None:
+                done = [a.name for a in active]
+                L.decide(self.spec, design, k, [a for a in arms_open if a in done], studies, storage,
+                         self.lock, self.echo)  # fmt: skip
+        return seeds
+
+    def replicate_best(
+        self, arm: Arm, studies: Mapping[str, Study], storage: BaseStorage, arec: Recorder,
+        progress: Progress, seeds: int,
+    ) -> None:  # fmt: skip
+        """The arm's pinned best configuration over seeds 1..``seeds`` (``replicates``)."""
         study = studies[arm.name]
         best = pin_best(study, self.mo)
         if arm.matched and study.user_attrs.get("matched_params") is None:  # None: superseded
             study.set_user_attr("matched_params", int(best.user_attrs["metrics"]["trainable_params"]))
         values = study.user_attrs["best_config"]
         suffix = replicate_suffix(study.user_attrs)
-        study.set_user_attr("replicates", self.replicate(arm, values, storage, suffix, arec, progress))
+        study.set_user_attr("replicates", self.replicate(arm, values, storage, suffix, arec, progress, seeds))
+
+    def replicate_extras(
+        self, arm: Arm, studies: Mapping[str, Study], storage: BaseStorage, arec: Recorder,
+        progress: Progress, seeds: int,
+    ) -> None:  # fmt: skip
+        """At the arm's seeds: each capacity level (``capacity`` = {k: {seed: metrics}}), and LoRA
+        alone beside a combination (interference)."""
+        study = studies[arm.name]
+        values = study.user_attrs["best_config"]
         levels = [k for k in self.spec.capacity_levels or [] if k != 1]
         if levels:
             capacity = {"1": study.user_attrs["replicates"]}
             for k in levels:
                 at_k = scaled(values, self.bench.defaults(arm), k)
-                capacity[str(k)] = self.replicate(arm, at_k, storage, f"/capacity{k}", arec, progress)
+                capacity[str(k)] = self.replicate(arm, at_k, storage, f"/capacity{k}", arec, progress, seeds)
             study.set_user_attr("capacity", capacity)
         if arm.role == "combination" and self.spec.interference:
-            self.replicate_lora_alone(arm, study, storage, arec, progress)
+            self.replicate_lora_alone(arm, study, storage, arec, progress, seeds)
         arec.log_metrics(records.summary(study))
 
     def replicate_lora_alone(
-        self, arm: Arm, study: Study, storage: BaseStorage, arec: Recorder, progress: Progress
+        self, arm: Arm, study: Study, storage: BaseStorage, arec: Recorder, progress: Progress, seeds: int
     ) -> None:
         """The combination's own LoRA settings trained alone on the same seeds (``lora_alone``):
         the report's "what X adds at fixed LoRA", and the reference that makes interference
@@ -338,7 +385,9 @@ class StudyRunner:
         alone = Arm(arm.name, (BASE,), arm.quant, "single", fixed)
         values = {BASE: dict(study.user_attrs["best_config"].get(BASE) or {})}
         suffix = lora_alone_suffix(study.user_attrs)
-        study.set_user_attr("lora_alone", self.replicate(alone, values, storage, suffix, arec, progress))
+        study.set_user_attr(
+            "lora_alone", self.replicate(alone, values, storage, suffix, arec, progress, seeds)
+        )
         if self.tracking.backend == "mlflow":
             records.record_interference(self.tracking.uri, study, arec)
 
@@ -350,17 +399,18 @@ class StudyRunner:
         suffix: str,
         arec: Recorder,
         progress: Progress,
+        seeds: int,
     ) -> dict[str, Any]:
-        """Run ``values`` over the seeds through the study ``NAME/<arm><suffix>``: {seed: metrics}."""
+        """Run ``values`` over seeds 1..``seeds`` through the study ``NAME/<arm><suffix>``: {seed: metrics}."""
         from optuna.trial import TrialState
 
         reps = self.optuna_study(storage, arm, suffix=suffix)
         with self.lock(reps.study_name):
             self.reaper(reps)
-            enqueue_seeds(reps, range(1, self.spec.seeds + 1))
+            enqueue_seeds(reps, range(1, seeds + 1))
 
         def prepare(trial: Trial) -> TrialConfig:
-            seed = int(trial.suggest_int("seed", 1, self.spec.seeds))
+            seed = int(trial.suggest_int("seed", 1, self.spec.seed_cap))
             # the baseline's replicates also score the bare base: the interaction's zero-shot term
             evals = {"zero_shot": arm.role == "baseline" and suffix.startswith("/replicate")}
             return self.bench.config(arm, values, seed=seed, run=("replicate", None), evals=evals)
@@ -382,7 +432,7 @@ class StudyRunner:
 
         def report(trial: Trial, text: str, took: float) -> None:
             phase = "seed" if suffix.startswith("/replicate") else f"{suffix[1:]} seed"
-            self.echo(progress.line(arm.name, phase, int(trial.params["seed"]), self.spec.seeds, text, took))
+            self.echo(progress.line(arm.name, phase, int(trial.params["seed"]), seeds, text, took))
 
         while True:
             drive(reps, Job(waiting, prepare, work, None, report, queued), self.lock, self.reaper)

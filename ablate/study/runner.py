@@ -1,12 +1,12 @@
-"""The phases of a study in this worker: search every arm, pin and replicate the best
-configurations, scale them (capacity levels), measure LoRA interference, report.
+"""A study in this worker: open and check it, search every arm, hand the replication phase
+(``ablate.study.replication``: seeds, capacity levels, interference) the searched arms, report.
 
 Optuna is driven directly (ask/tell through ``budget.drive``) rather than through
 the Hydra Optuna sweeper plugin. Every arm is its own Optuna study ``NAME/<arm>``
 with the same trial budget; the baseline is searched first and every other arm
-with LoRA starts from its best LoRA values (an enqueued trial). Replication runs
-through ``NAME/<arm>/replicate`` (and ``NAME/<arm>/capacity<k>``), whose trials
-are the enqueued seeds, so workers sharing one storage split the work.
+with LoRA starts from its best LoRA values (an enqueued trial). The runner holds what
+both phases share: the storage, its lock, the recorder, and ``run_one``, the one way a
+trial is run and recorded.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from ablate.storage import (
     Reaper,
     StorageLock,
     check_storage,
-    lora_alone_suffix,
     open_storage,
-    replicate_suffix,
     wait_for_running,
 )
 from ablate.study import records
@@ -40,15 +38,14 @@ from ablate.study.budget import (
     budget_left,
     counted,
     drive,
-    enqueue_seeds,
     prune_hook,
-    queued,
     waiting,
     within_budget,
 )
 from ablate.study.config import MATCHED, Arm, combination_arms
-from ablate.study.matching import best_of, check_match, matched_rank, pin_best, scaled
+from ablate.study.matching import best_of, check_match, matched_rank, pin_best
 from ablate.study.plan import PLAN_ATTR, Plan, check_plan, record
+from ablate.study.replication import Replication
 from ablate.study.sampling import arm_study, directions, reseeder
 
 if TYPE_CHECKING:  # types only: the runner imports Optuna and the training stack where it uses them
@@ -94,10 +91,7 @@ class StudyRunner:
             self.search_all(studies, srec, progress)
             # matched-lora with nothing to match has no trial, so nothing to replicate
             active = [arm for arm in self.arms if counted(studies[arm.name])]
-            seeds = self.replicate_in_looks(active, studies, storage, srec, progress)
-            for arm in active:
-                with records.arm_run(self.tracker, srec, self.spec.name, arm, self.lock) as arec:
-                    self.replicate_extras(arm, studies, storage, arec, progress, seeds[arm.name])
+            Replication(self).run(active, studies, storage, srec, progress)
             totals = [records.summary(s) for s in studies.values()]
             srec.log_metrics(
                 {k: sum(t[k] for t in totals) for k in ("trials_complete", "trials_pruned", "trials_failed")}
@@ -250,7 +244,7 @@ class StudyRunner:
                 matched.set_user_attr("matched_targets", feasible)
         return True
 
-    def _run(
+    def run_one(
         self, arm: Arm, cfg: TrialConfig, trial: Trial, phase: str, arec: Recorder, **kw: Any
     ) -> Outcome:
         """One recorded trial run (search or replicate) on this worker's base."""
@@ -294,7 +288,7 @@ class StudyRunner:
 
         def work(trial: Trial, cfg: TrialConfig) -> Done:
             on_eval = None if self.mo else prune_hook(trial, self.spec.objective, cfg.train.steps)
-            outcome = self._run(arm, cfg, trial, "search", arec, on_eval=on_eval, eval_split="validation")
+            outcome = self.run_one(arm, cfg, trial, "search", arec, on_eval=on_eval, eval_split="validation")
             m = outcome.metrics
             value = [m["val_em"], m["trainable_params"]] if self.mo else m[self.spec.objective]
             text = f"{self.spec.objective}={m[self.spec.objective]:.4f} val_em={m['val_em']:.3f}"
@@ -307,143 +301,6 @@ class StudyRunner:
         n = self.spec.n_trials
         job = Job(budget_left(n), prepare, work, reseeder(self.spec, dists, worker), report, within_budget(n))
         return drive(study, job, self.lock, self.reaper)
-
-    def replicate_in_looks(
-        self, active: list[Arm], studies: Mapping[str, Study], storage: BaseStorage, srec: Recorder,
-        progress: Progress,
-    ) -> dict[str, int]:  # fmt: skip
-        """Replicate every arm's best configuration: at ``study.seeds``, or (``seeds=auto``) in looks:
-        every arm at the first look's seeds, then only the arms whose primary comparison is still
-        open, and the baseline while any is (``ablate.study.looks``). Returns each arm's seeds."""
-        from ablate.study import looks as L
-
-        plan = self.spec.look_seeds
-        design = L.design_for(self.spec, self.arms) if self.spec.sequential else None
-        primary = L.primary_arms(self.arms, self.spec.baseline)
-        seeds = {arm.name: plan[0] for arm in active}
-        for k, n in enumerate(plan):
-            if design is None:
-                todo = active
-            else:
-                arms_open = L.open_at(L.recorded(studies[self.spec.baseline]), primary, k)
-                if k and not arms_open:
-                    break
-                todo = [a for a in active if not k or a.name in arms_open or a.name == self.spec.baseline]
-                if k:
-                    progress.total += sum(n - seeds[a.name] for a in todo)
-            for arm in todo:
-                with records.arm_run(self.tracker, srec, self.spec.name, arm, self.lock) as arec:
-                    self.replicate_best(arm, studies, storage, arec, progress, n)
-                seeds[arm.name] = n
-            if design is not None:
-                done = [a.name for a in active]
-                L.decide(self.spec, design, k, [a for a in arms_open if a in done], studies, storage,
-                         self.lock, self.echo)  # fmt: skip
-        return seeds
-
-    def replicate_best(
-        self, arm: Arm, studies: Mapping[str, Study], storage: BaseStorage, arec: Recorder,
-        progress: Progress, seeds: int,
-    ) -> None:  # fmt: skip
-        """The arm's pinned best configuration over seeds 1..``seeds`` (``replicates``)."""
-        study = studies[arm.name]
-        best = pin_best(study, self.mo)
-        if arm.matched and study.user_attrs.get("matched_params") is None:  # None: superseded
-            study.set_user_attr("matched_params", int(best.user_attrs["metrics"]["trainable_params"]))
-        values = study.user_attrs["best_config"]
-        suffix = replicate_suffix(study.user_attrs)
-        study.set_user_attr("replicates", self.replicate(arm, values, storage, suffix, arec, progress, seeds))
-
-    def replicate_extras(
-        self, arm: Arm, studies: Mapping[str, Study], storage: BaseStorage, arec: Recorder,
-        progress: Progress, seeds: int,
-    ) -> None:  # fmt: skip
-        """At the arm's seeds: each capacity level (``capacity`` = {k: {seed: metrics}}), and LoRA
-        alone beside a combination (interference)."""
-        study = studies[arm.name]
-        values = study.user_attrs["best_config"]
-        levels = [k for k in self.spec.capacity_levels or [] if k != 1]
-        if levels:
-            capacity = {"1": study.user_attrs["replicates"]}
-            for k in levels:
-                at_k = scaled(values, self.bench.defaults(arm), k)
-                capacity[str(k)] = self.replicate(arm, at_k, storage, f"/capacity{k}", arec, progress, seeds)
-            study.set_user_attr("capacity", capacity)
-        if arm.role == "combination" and self.spec.interference:
-            self.replicate_lora_alone(arm, study, storage, arec, progress, seeds)
-        arec.log_metrics(records.summary(study))
-
-    def replicate_lora_alone(
-        self, arm: Arm, study: Study, storage: BaseStorage, arec: Recorder, progress: Progress, seeds: int
-    ) -> None:
-        """The combination's own LoRA settings trained alone on the same seeds (``lora_alone``):
-        the report's "what X adds at fixed LoRA", and the reference that makes interference
-        measurable (LoRA beside X vs the same LoRA alone, same seed; LoRA alone across seeds).
-        The baseline's LoRA was tuned alone and may differ in rank, alpha and targets, so it
-        cannot serve: the difference would mix those hyperparameters with interference."""
-        fixed = tuple((k, v) for k, v in arm.fixed if k.startswith("lora."))
-        alone = Arm(arm.name, (BASE,), arm.quant, "single", fixed)
-        values = {BASE: dict(study.user_attrs["best_config"].get(BASE) or {})}
-        suffix = lora_alone_suffix(study.user_attrs)
-        study.set_user_attr(
-            "lora_alone", self.replicate(alone, values, storage, suffix, arec, progress, seeds)
-        )
-        if self.tracking.backend == "mlflow":
-            records.record_interference(self.tracking.uri, study, arec)
-
-    def replicate(
-        self,
-        arm: Arm,
-        values: Mapping[str, Any],
-        storage: BaseStorage,
-        suffix: str,
-        arec: Recorder,
-        progress: Progress,
-        seeds: int,
-    ) -> dict[str, Any]:
-        """Run ``values`` over seeds 1..``seeds`` through the study ``NAME/<arm><suffix>``: {seed: metrics}."""
-        from optuna.trial import TrialState
-
-        reps = self.optuna_study(storage, arm, suffix=suffix)
-        with self.lock(reps.study_name):
-            self.reaper(reps)
-            enqueue_seeds(reps, range(1, seeds + 1))
-
-        def prepare(trial: Trial) -> TrialConfig:
-            seed = int(trial.suggest_int("seed", 1, self.spec.seed_cap))
-            # the baseline's replicates also score the bare base: the interaction's zero-shot term
-            evals = {"zero_shot": arm.role == "baseline" and suffix.startswith("/replicate")}
-            return self.bench.config(arm, values, seed=seed, run=("replicate", None), evals=evals)
-
-        def work(trial: Trial, cfg: TrialConfig) -> Done:
-            outcome = self._run(
-                arm,
-                cfg,
-                trial,
-                "replicate" if suffix.startswith("/replicate") else suffix[1:],
-                arec,
-                eval_split="test",
-            )
-            metrics = {**records.jsonable(outcome.metrics), "mlflow_run_id": outcome.run_id}
-            # with eval.zero_shot, run_trial's items also hold the bare base's outcome per item
-            items = dict(outcome.items)
-            text = f"test_em={outcome.metrics['test_em']:.3f}"
-            return Done(outcome.metrics["test_em"], {"metrics": metrics, "items": items}, text)
-
-        def report(trial: Trial, text: str, took: float) -> None:
-            phase = "seed" if suffix.startswith("/replicate") else f"{suffix[1:]} seed"
-            self.echo(progress.line(arm.name, phase, int(trial.params["seed"]), seeds, text, took))
-
-        while True:
-            drive(reps, Job(waiting, prepare, work, None, report, queued), self.lock, self.reaper)
-            self.wait_for_running([reps])  # another worker may still run a seed of this arm
-            if not waiting(reps):  # ... or died running it: its retry waits, so run it here
-                break
-        return {
-            str(t.params["seed"]): t.user_attrs["metrics"]
-            for t in reps.get_trials(deepcopy=False)
-            if t.state == TrialState.COMPLETE
-        }
 
     def wait_for_running(self, studies: list[Study], orphans_of: Iterable[Study] = ()) -> None:
         poll = min(5.0, self.heartbeat.interval_s)

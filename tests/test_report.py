@@ -215,8 +215,9 @@ def test_html_is_self_contained_with_every_figure(report):
     html = (report / "report.html").read_text()
     srcs = re.findall(r'<img[^>]*src="([^"]+)"', html)
     pngs = sorted((report / "figures").glob("*.png"))
-    # forest, params, 3 histories, best-so-far, importance, curves, grad norms, overhead, knockout
-    assert len(srcs) == len(pngs) == 1 + 1 + 3 + 1 + 1 + 1 + 1 + 1 + 1
+    # forest, params, 3 histories, best-so-far, expected best, importance, curves, grad norms,
+    # overhead, knockout
+    assert len(srcs) == len(pngs) == 1 + 1 + 3 + 1 + 1 + 1 + 1 + 1 + 1 + 1
     # the forest plot opens the report, above the verdict's words
     assert html.index("forest plot") < html.index("<h2>Verdict</h2>")
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
@@ -502,3 +503,12 @@ def test_failures_are_read_from_the_replicate_studies():
         )
     f = failures_frame("x", storage, ["lora", "adapter"])
     assert f.to_dict("records") == [{"arm": "lora", "seed": 2, "state": "pruned", "reason": "nonfinite_loss"}]
+
+
+def test_expected_best_of_n_trials_matches_a_hand_calculation():
+    """Dodge et al. (2019) on three trials 1, 2, 3: the best of two draws (with replacement) is 1
+    with probability 1/9, 2 with 3/9 and 3 with 5/9."""
+    from ablate.report.numbers import expected_best
+
+    assert expected_best(np.array([2.0, 3.0, 1.0]), minimize=False) == pytest.approx([2, 22 / 9, 72 / 27])
+    assert expected_best(np.array([2.0, 3.0, 1.0]), minimize=True) == pytest.approx([2, 14 / 9, 36 / 27])

@@ -122,6 +122,9 @@ def test_smoke_study_equal_budgets_matched_arm_and_resume(workdir, capsys):
     base_best = studies["lora_vs_adapter/lora"].user_attrs["best_config"]["lora"]
     first = studies["lora_vs_adapter/lora+adapter"].trials[0]
     assert first.user_attrs["enqueued_from"] == "lora"
+    # ... on a seed of its own: the same values on the baseline's search seed would replay its run
+    assert first.user_attrs["search_seed"] == 1_000_000
+    assert all("search_seed" not in t.user_attrs for t in studies["lora_vs_adapter/lora+adapter"].trials[1:])
     assert {k.split(".")[1]: v for k, v in first.params.items() if k.startswith("lora.")} == base_best
     # replication: K=2 seeds per arm, test split, recorded on the arm study, per-item outcomes kept
     for arm in arms:

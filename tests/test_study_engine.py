@@ -52,7 +52,7 @@ def new_study(storage=None, name="t/lora", **kw) -> optuna.Study:
         study_name=name,
         storage=storage or optuna.storages.InMemoryStorage(),
         load_if_exists=True,
-        sampler=make_sampler(spec(**kw), SPACE, 0),
+        sampler=make_sampler(spec(**kw), SPACE, 0, spec(**kw).budget(len(SPACE))),
     )
 
 
@@ -148,11 +148,25 @@ def test_an_ask_past_the_work_is_surplus_and_not_run(kind, taken, claim):
 
 def test_tpe_startup_is_a_fraction_of_the_budget():
     s = spec(n_trials=10, startup_fraction=0.3)
-    assert s.startup_trials == 3 and spec(n_trials=2, startup_fraction=0.3).startup_trials == 1
-    assert make_sampler(s, SPACE, 0)._n_startup_trials == 3
+    assert s.startup_trials(10) == 3 and s.startup_trials(2) == 1
+    assert make_sampler(s, SPACE, 0, s.budget(len(SPACE)))._n_startup_trials == 3
     for bad in (0, 1.5, "x", True):
         with pytest.raises(ConfigError, match="study.startup_fraction"):
             spec(startup_fraction=bad)
+
+
+@pytest.mark.parametrize(
+    "fields,settings,budget",
+    [
+        (5, {}, 8),  # LoRA: ceil(1.5 x 5)
+        (8, {}, 12),  # LoRA+adapter
+        (3, {}, 6),  # adapter alone: the floor, min_trials
+        (1, {"trials_per_field": 4, "min_trials": 2}, 4),
+        (8, {"n_trials": 5}, 5),  # n_trials: every arm alike
+    ],
+)
+def test_an_arms_budget_grows_with_its_searched_fields(fields, settings, budget):
+    assert spec(**settings).budget(fields) == budget
 
 
 def test_replicate_seeds_are_enqueued_once_and_retried_when_failed():

@@ -64,8 +64,31 @@ def test_the_extensions_and_their_limits():
     ]
     assert check_recorded(rec, plan) == []  # the same plan: nothing to say
     smaller = make_plan(precompose([*args[:-1], "study.n_trials=1"]), args)
-    with pytest.raises(ConfigError, match="study.n_trials=1 \\(planned 2\\)"):
+    with pytest.raises(ConfigError, match="study.n_trials=1 gives lora 1 search trials \\(planned 2\\)"):
         check_recorded(rec, smaller)
+
+
+def test_budgets_grow_with_searched_fields_and_old_plans_keep_their_count():
+    from ablate.cli import COMPONENTS, normalize_overrides, precompose
+    from ablate.errors import ConfigError
+    from ablate.study.plan import check_recorded, make_plan, record
+
+    two = ["study=lora_vs_adapter", "study.arms=[lora,lora+adapter]", "model=tiny", "study.matched=false"]
+    two += ["study.factorial=false"]
+    args = normalize_overrides(["peft=[" + ",".join(COMPONENTS) + "]", *two])
+    per_field = make_plan(precompose(args), args)  # budget=default: 1.5 trials per searched field
+    assert record(per_field)["budget.lora"] == 8 and record(per_field)["budget.lora+adapter"] == 12
+    fixed = make_plan(precompose([*args, "study.n_trials=8"]), args)
+    before = {k: v for k, v in record(fixed).items() if not k.startswith("budget.")}  # an older plan
+    assert check_recorded(before, fixed) == []
+    assert check_recorded(before, per_field) == [  # more for the arm that searches more: an extension
+        "study lora_vs_adapter: search budget of lora+adapter raised from 8 to 12 trials"
+    ]
+    fewer = make_plan(precompose([*args, "study.trials_per_field=1"]), args)
+    with pytest.raises(
+        ConfigError, match="study.trials_per_field=1.0 gives lora 6 search trials \\(planned 8\\)"
+    ):
+        check_recorded(before, fewer)
 
 
 def test_a_larger_search_re_pins_the_best_and_replicates_it_again(tmp_path, monkeypatch, capsys):

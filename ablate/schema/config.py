@@ -344,9 +344,14 @@ class StudyConfig(Schema):
         "+ each LoRA+X arm's LoRA settings trained alone, same seeds: interference and X's gain at fixed LoRA",
     )
     quant: str | None = field(None, "arms without @quant use this (null: the quant group)")
-    n_trials: int = field(12, "per arm: every arm gets the same search budget", gt=0)
+    n_trials: int | None = field(
+        None, "search trials of every arm alike; null: trials_per_field x each arm's searched fields", gt=0,
+        reason="must be an integer > 0, or null (the budget grows with each arm's searched fields)",
+    )  # fmt: skip
+    trials_per_field: float = field(1.5, "n_trials=null: an arm's search trials per searched field", gt=0)
+    min_trials: int = field(6, "n_trials=null: the fewest search trials of any arm", gt=0)
     startup_fraction: float = field(
-        0.3, "TPE's random start-up: this share of n_trials (at least 1)", gt=0, le=1,
+        0.3, "TPE's random start-up: this share of an arm's trials (at least 1)", gt=0, le=1,
         reason="must be a number in (0, 1]",
     )  # fmt: skip
     seeds: int | Literal["auto"] = field(
@@ -440,10 +445,17 @@ class StudyConfig(Schema):
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///studies/{self.name}.db"
 
-    @property
-    def startup_trials(self) -> int:
+    def budget(self, fields: int) -> int:
+        """Search trials of an arm with ``fields`` searched fields: ``n_trials`` for every arm when
+        it is set, else ``trials_per_field`` per field (at least ``min_trials``), so an arm that
+        searches more fields is not handed the same budget as one that searches few."""
+        if self.n_trials is not None:
+            return self.n_trials
+        return max(self.min_trials, math.ceil(self.trials_per_field * fields - 1e-9))
+
+    def startup_trials(self, budget: int) -> int:
         """Random start-up trials of the sampler: a stated share of the budget, at least one."""
-        return max(1, round(self.startup_fraction * self.n_trials))
+        return max(1, round(self.startup_fraction * budget))
 
 
 class Heartbeat(Schema):

@@ -139,6 +139,13 @@ NOT_PLANNED = (
 PLAN_ATTR = "plan"  # the study user attribute (on every arm's search study) that holds the plan
 #: Settings added after studies were first recorded, with the value that keeps such a study's plan:
 #: absent from a recorded plan and at this value now, they are not a change of plan.
+#: the warm-start trial of an arm with LoRA (the baseline's best LoRA values, enqueued) trains on
+#: train.seed plus this, not on the search's train.seed: the same values on the same seed would
+#: replay the baseline's best run, its initialisation and data order included (the replicate
+#: seeds are 1..N, far below it)
+WARM_START_SEED = 1_000_000
+#: where the arms' search budgets come from: compared through ``budget.<arm>`` instead
+BUDGET_KEYS = ("study.n_trials", "study.trials_per_field", "study.min_trials")
 ADDED_LATER = {
     "study.interference": True,
     "study.looks": [3, 5, 8, 12, 20],
@@ -166,6 +173,7 @@ def record(plan: Plan) -> dict[str, Any]:
         if not any(k == n or k.startswith(n + ".") for n in NOT_PLANNED)
     }
     for arm, dists in plan.spaces.items():
+        flat[f"budget.{arm}"] = plan.spec.budget(len(dists))
         for d in dists:
             flat[f"space.{arm}.{d.name}"] = {
                 k: v for k, v in dataclasses.asdict(d).items() if v not in (None, ())
@@ -181,24 +189,47 @@ def record(plan: Plan) -> dict[str, Any]:
 def check_recorded(recorded: Mapping[str, Any], plan: Plan) -> list[str]:
     """Refuse a run that would mix two plans in one study; return the notes of safe extensions.
 
-    A larger ``study.n_trials`` extends every arm's search (the runner then re-pins each best and
-    replicates it again, :func:`extend_search`); a larger ``study.seeds`` adds seeds.
+    A larger search budget of an arm (``budget.<arm>``, from ``study.n_trials`` or
+    ``study.trials_per_field``) extends its search (the runner then re-pins its best and
+    replicates it again, :func:`extend_search`); a larger ``study.seeds`` adds seeds. The keys
+    the budgets come from are compared through the budgets themselves.
     Anything else that differs is refused with one line naming each key, its recorded and its new
     value."""
     new = record(plan)
     name = plan.spec.name
     notes, bad = [], []
+    recorded = dict(recorded)
+    if not any(k.startswith("budget.") for k in recorded):  # recorded before per-arm budgets
+        old_n = recorded.get("study.n_trials")
+        recorded.update({k: old_n for k in new if k.startswith("budget.") and isinstance(old_n, int)})
+    raised: dict[str, tuple[int, int]] = {}
+    source = "study.n_trials" if plan.spec.n_trials is not None else "study.trials_per_field"
+    typed = plan.spec.n_trials if plan.spec.n_trials is not None else plan.spec.trials_per_field
     for key in sorted(set(recorded) | set(new)):
         old, now = recorded.get(key, "<absent>"), new.get(key, "<absent>")
-        if old == now or key == "ablate.version" or (old == "<absent>" and ADDED_LATER.get(key, old) == now):
+        if old == now or key in BUDGET_KEYS or key == "ablate.version":
+            continue
+        if old == "<absent>" and ADDED_LATER.get(key, old) == now:
             continue
         grows = isinstance(old, int) and isinstance(now, int) and now > old
-        if key == "study.n_trials" and grows:
-            notes.append(f"study {name}: search budget raised from {old} to {now} trials per arm")
+        if key.startswith("budget.") and grows:
+            raised[key[len("budget.") :]] = (old, now)
+        elif key.startswith("budget."):
+            bad.append(
+                f"{source}={typed!r} gives {key[len('budget.') :]} {now} search trials (planned {old})"
+            )
         elif key == "study.seeds" and grows:
             notes.append(f"study {name}: replicate seeds raised from {old} to {now}")
         else:
             bad.append(f"{key}={now!r} (planned {old!r})")
+    if len(set(raised.values())) == 1 and len(raised) == len(plan.spaces):
+        old, now = next(iter(raised.values()))
+        notes.append(f"study {name}: search budget raised from {old} to {now} trials per arm")
+    else:
+        notes += [
+            f"study {name}: search budget of {a} raised from {o} to {n} trials"
+            for a, (o, n) in raised.items()
+        ]
     if any(b.startswith("search.") for b in bad):  # the spaces follow from search.*: name those only
         bad = [b for b in bad if not b.startswith("space.")]
     if bad:
@@ -223,7 +254,7 @@ def check_plan(storage: Any, plan: Plan, lock: Any, echo: Callable[[str], None])
 
 
 def extend_search(storage: Any, plan: Plan, lock: Any) -> None:
-    """A larger ``study.n_trials`` than an arm was searched with: its pinned best (if any) is
+    """A larger search budget than an arm was searched with (``budget.<arm>``): its pinned best (if any) is
     superseded, to be re-pinned after the extra trials and replicated again in a replication
     study of its own (``replicate_suffix``); the earlier best, its replicates and its study stay
     recorded under ``superseded``, and the report says so. Under the storage lock, with the new
@@ -245,7 +276,8 @@ def extend_search(storage: Any, plan: Plan, lock: Any) -> None:
             name, ua = frozen.study_name, frozen.user_attrs
             if not name.startswith(prefix) or "/" in name[len(prefix) :]:
                 continue
-            if int(ua.get("n_trials") or 0) >= spec.n_trials:
+            arm = name[len(prefix) :]
+            if arm not in plan.spaces or int(ua.get("n_trials") or 0) >= spec.budget(len(plan.spaces[arm])):
                 continue
             sid = storage.get_study_id_from_name(name)
             if ua.get("best_trial") is not None:
@@ -256,4 +288,4 @@ def extend_search(storage: Any, plan: Plan, lock: Any) -> None:
                 for key in reset:
                     if ua.get(key) is not None:
                         storage.set_study_user_attr(sid, key, None)
-            storage.set_study_user_attr(sid, "n_trials", spec.n_trials)
+            storage.set_study_user_attr(sid, "n_trials", spec.budget(len(plan.spaces[arm])))

@@ -3,7 +3,7 @@
 
 Optuna is driven directly (ask/tell through ``budget.drive``) rather than through
 the Hydra Optuna sweeper plugin. Every arm is its own Optuna study ``NAME/<arm>``
-with the same trial budget; the baseline is searched first and every other arm
+with a budget that grows with its searched fields; the baseline is searched first and every other arm
 with LoRA starts from its best LoRA values (an enqueued trial). The runner holds what
 both phases share: the storage, its lock, the recorder, and ``run_one``, the one way a
 trial is run and recorded.
@@ -44,7 +44,7 @@ from ablate.study.budget import (
 )
 from ablate.study.config import MATCHED, Arm, combination_arms
 from ablate.study.matching import best_of, check_match, matched_rank, pin_best
-from ablate.study.plan import PLAN_ATTR, Plan, check_plan, record
+from ablate.study.plan import PLAN_ATTR, WARM_START_SEED, Plan, check_plan, record
 from ablate.study.replication import Replication
 from ablate.study.sampling import arm_study, directions, reseeder
 
@@ -69,6 +69,10 @@ class StudyRunner:
         self.bench = Bench(self.plain, self.spec)
         self.mo = self.spec.sampler == "mo"
 
+    def budget(self, arm: Arm) -> int:
+        """The arm's search trials (``StudyConfig.budget``: per searched field, or ``n_trials``)."""
+        return self.spec.budget(len(self.spaces[arm.name]))
+
     def optuna_study(self, storage: BaseStorage, arm: Arm, suffix: str = "") -> Study:
         train = self.trials[arm.name].train
         return arm_study(
@@ -78,7 +82,7 @@ class StudyRunner:
     # -- the run -------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         storage, studies = self.open()
-        left = sum(max(self.spec.n_trials - len(counted(s)), 0) for s in studies.values())
+        left = sum(max(self.budget(a) - len(counted(studies[a.name])), 0) for a in self.arms)
         progress = Progress(total=left + sum(self._seeds_left(s) for s in studies.values()))
         started = time.perf_counter()
         with records.study_run(self.tracker, self.spec.name, self.lock) as srec:
@@ -176,7 +180,7 @@ class StudyRunner:
             left = [
                 a
                 for a in self.arms
-                if counted(studies[a.name]) and budget_left(self.spec.n_trials)(studies[a.name])
+                if counted(studies[a.name]) and budget_left(self.budget(a))(studies[a.name])
             ]
             if not left or not ran and not any(waiting(studies[a.name]) for a in left):
                 return
@@ -284,7 +288,11 @@ class StudyRunner:
                 trial.set_user_attr("derived", {BASE: {"r": rank}})
                 values.setdefault(BASE, {})["r"] = rank
             evals = {"knockout": False, "zero_shot": False, "save_components": False}
-            return self.bench.config(arm, values, run=("search", trial.number), evals=evals)
+            seed = None  # every search trial of every arm trains on train.seed, but ...
+            if trial.user_attrs.get("enqueued_from"):  # ... the baseline's best values, run again beside X,
+                seed = self.plan.trials[arm.name].train.seed + WARM_START_SEED  # would inherit its lucky run
+                trial.set_user_attr("search_seed", seed)
+            return self.bench.config(arm, values, seed=seed, run=("search", trial.number), evals=evals)
 
         def work(trial: Trial, cfg: TrialConfig) -> Done:
             on_eval = None if self.mo else prune_hook(trial, self.spec.objective, cfg.train.steps)
@@ -295,10 +303,10 @@ class StudyRunner:
             return Done(value, {"metrics": records.jsonable(m), "mlflow_run_id": outcome.run_id}, text)
 
         def report(trial: Trial, text: str, took: float) -> None:
-            self.echo(progress.line(arm.name, "trial", trial.number + 1, self.spec.n_trials, text, took))
+            self.echo(progress.line(arm.name, "trial", trial.number + 1, self.budget(arm), text, took))
 
         worker = "" if self.lock.shared else WORKER
-        n = self.spec.n_trials
+        n = self.budget(arm)
         job = Job(budget_left(n), prepare, work, reseeder(self.spec, dists, worker), report, within_budget(n))
         return drive(study, job, self.lock, self.reaper)
 

@@ -24,7 +24,7 @@ def trial_seed(base: int, study_name: str, n: int, worker: str = "") -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
 
 
-def make_sampler(spec: StudyConfig, dists: list[Dist], seed: int) -> Any:
+def make_sampler(spec: StudyConfig, dists: list[Dist], seed: int, budget: int) -> Any:
     import optuna
 
     if spec.sampler == "random":
@@ -32,7 +32,7 @@ def make_sampler(spec: StudyConfig, dists: list[Dist], seed: int) -> Any:
     if spec.sampler == "grid":
         return optuna.samplers.GridSampler({d.name: d.grid() for d in dists}, seed=seed)
     return optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, n_startup_trials=spec.startup_trials, constant_liar=True
+        seed=seed, multivariate=True, n_startup_trials=spec.startup_trials(budget), constant_liar=True
     )
 
 
@@ -58,7 +58,9 @@ def reseeder(spec: StudyConfig, dists: list[Dist], worker: str = "") -> Any:
 
     def before_ask(study: Any) -> None:
         n = len(study.get_trials(deepcopy=False))
-        study.sampler = make_sampler(spec, dists, trial_seed(spec.sampler_seed, study.study_name, n, worker))
+        study.sampler = make_sampler(
+            spec, dists, trial_seed(spec.sampler_seed, study.study_name, n, worker), spec.budget(len(dists))
+        )
 
     return before_ask
 
@@ -83,7 +85,7 @@ def arm_study(
         storage=storage,
         load_if_exists=True,
         directions=directions(spec),
-        sampler=make_sampler(spec, dists, spec.sampler_seed),
+        sampler=make_sampler(spec, dists, spec.sampler_seed, spec.budget(len(dists))),
         pruner=make_pruner(spec, steps, every),
     )
     attrs = {
@@ -96,8 +98,8 @@ def arm_study(
         "role": arm.role,
         "factorial": spec.factorial,
         "objective": ["val_em", "trainable_params"] if spec.sampler == "mo" else spec.objective,
-        "n_trials": spec.n_trials,
-        "startup_trials": spec.startup_trials,
+        "n_trials": spec.budget(len(dists)),
+        "startup_trials": spec.startup_trials(spec.budget(len(dists))),
         "sesoi": spec.sesoi,  # fixed with the design, before any data: the report's equivalence margin
     }
     for k, v in attrs.items():

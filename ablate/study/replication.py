@@ -86,7 +86,12 @@ class Replication:
             if design is None:
                 todo = active
             else:
-                arms_open = L.open_at(L.recorded(studies[self.ctx.spec.baseline]), primary, k)
+                searched = {a.name for a in active}  # a primary arm whose search never completed: no seeds
+                arms_open = [
+                    a
+                    for a in L.open_at(L.recorded(studies[self.ctx.spec.baseline]), primary, k)
+                    if a in searched
+                ]
                 if k and not arms_open:
                     break
                 todo = [a for a in active if not k or a.name in arms_open or a.name == self.ctx.spec.baseline]
@@ -97,9 +102,7 @@ class Replication:
                     self.replicate_best(arm, studies, storage, arec, progress, n)
                 seeds[arm.name] = n
             if design is not None:
-                done = [a.name for a in active]
-                L.decide(self.ctx.spec, design, k, [a for a in arms_open if a in done], studies, storage,
-                         self.ctx.lock, self.ctx.echo)  # fmt: skip
+                L.decide(self.ctx.spec, design, k, arms_open, studies, storage, self.ctx.lock, self.ctx.echo)
         return seeds
 
     def replicate_best(

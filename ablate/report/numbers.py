@@ -316,8 +316,10 @@ def sequential_verdicts(
             lo, hi = c.diff - half, c.diff + half
         where = f"look {look['look'] + 1} of {len(state['design']['looks'])} ({look['seeds']} seeds)"
         reason = step["reason"]
+        plan = ""
         if reason == sequential.CAP:
-            text = f"inconclusive at the cap of {cap} seeds (group-sequential design)"
+            plan = f"at the cap of {cap} seeds (group-sequential design)"
+            text = f"inconclusive {plan}"
         elif reason == sequential.OPEN:
             text = f"still open after {where}: the study has more looks to take"
         else:
@@ -326,7 +328,7 @@ def sequential_verdicts(
             text = f"group-sequential design: {STOPS[reason]} at {where}{against}"
         out[arm] = dataclasses.replace(
             c, verdict=step["verdict"], lo=lo, hi=hi, p_adj=math.nan, seeds_needed=None,
-            more_items_needed=False, plan_note=text, ci_level=1 - level, sequential=text,
+            more_items_needed=False, plan_note=plan or text, ci_level=1 - level, sequential=text,
         )  # fmt: skip
     return out
 

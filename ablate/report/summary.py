@@ -152,8 +152,8 @@ def _numbers_text(c: stats.Comparison, loss: stats.Comparison | None, adjusted: 
         text += f"; test loss {loss.diff:+.3f} ({loss_level}% CI {loss.lo:+.3f}..{loss.hi:+.3f})"
     if c.note and c.status in stats.DECIDABLE:
         text += f"; {c.note}"
-    if c.verdict == stats.INCONCLUSIVE and c.plan_note and c.status == stats.OK:
-        text += f"; {c.plan_note}"
+    if c.verdict == stats.INCONCLUSIVE and c.plan_note and c.status == stats.OK and not c.sequential:
+        text += f"; {c.plan_note}"  # (a sequential design's account is in the verdict's word)
     return text
 
 

@@ -137,8 +137,6 @@ NOT_PLANNED = (
     "tracking", "export", "train.progress", "train.fault", "train.eval_batch_size",
 )  # fmt: skip
 PLAN_ATTR = "plan"  # the study user attribute (on every arm's search study) that holds the plan
-#: Settings added after studies were first recorded, with the value that keeps such a study's plan:
-#: absent from a recorded plan and at this value now, they are not a change of plan.
 #: the warm-start trial of an arm with LoRA (the baseline's best LoRA values, enqueued) trains on
 #: train.seed plus this, not on the search's train.seed: the same values on the same seed would
 #: replay the baseline's best run, its initialisation and data order included (the replicate
@@ -146,6 +144,8 @@ PLAN_ATTR = "plan"  # the study user attribute (on every arm's search study) tha
 WARM_START_SEED = 1_000_000
 #: where the arms' search budgets come from: compared through ``budget.<arm>`` instead
 BUDGET_KEYS = ("study.n_trials", "study.trials_per_field", "study.min_trials")
+#: Settings added after studies were first recorded, with the value that keeps such a study's plan:
+#: absent from a recorded plan and at this value now, they are not a change of plan.
 ADDED_LATER = {
     "study.interference": True,
     "study.looks": [3, 5, 8, 12, 20],

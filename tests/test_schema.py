@@ -202,7 +202,7 @@ def test_help_lists_every_command_with_an_example(command):
     if command == "study":
         for study in (CONF / "study").glob("*.yaml"):
             assert f"  {study.stem} " in text
-        assert "study.n_trials=8" in text and "workers=1" in text
+        assert "study.n_trials=null" in text and "study.trials_per_field=1.5" in text and "workers=1" in text
 
 
 def test_the_schema_plan_and_help_import_no_torch():

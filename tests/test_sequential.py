@@ -147,3 +147,36 @@ def test_a_study_takes_its_looks_once_and_only_open_arms_get_more_seeds(tmp_path
     again = storage_studies("sqlite:///studies/lora_vs_adapter.db")
     assert sum(len(s.trials) for s in again.values()) == trials
     assert len(again["lora_vs_adapter/lora"].user_attrs["sequential"]["looks"]) == 3
+
+
+def test_two_workers_take_each_look_once(tmp_path):
+    """``workers=2`` with ``seeds=auto`` on the default SQLite storage: both processes run the
+    study to its end, every seed of the first look is replicated once, and the look is decided and
+    recorded once, the later process finding it recorded (the tiny model scores 0 everywhere: the
+    comparison stops there, "no verdict"). Which process takes which trial is up to timing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from optuna.trial import TrialState
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["study=lora_vs_adapter", "model=tiny", "budget=smoke", "study.factorial=false"]
+    args += ["study.matched=false", "study.n_trials=2", "study.interference=false", "study.seeds=auto"]
+    args += ["study.looks=[3,4]", "study.max_seeds=5", "study.name=two", "workers=2"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ablate.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert proc.stdout.count("worker w") == 2 and "2 workers done" in proc.stdout
+    assert proc.stdout.count("[look 1/3: 3 seeds] lora+adapter vs lora: no verdict") == 1, proc.stdout[-3000:]
+    assert "[look 2/3" not in proc.stdout
+    studies = storage_studies(f"sqlite:///{tmp_path}/studies/two.db")
+    looks = studies["two/lora"].user_attrs["sequential"]["looks"]
+    assert [(lk["seeds"], lk["steps"]["lora+adapter"]["reason"]) for lk in looks] == [(3, Q.NO_VERDICT)]
+    for arm in ("lora", "lora+adapter"):
+        reps = [t for t in studies[f"two/{arm}/replicate"].trials if t.state == TrialState.COMPLETE]
+        assert sorted(t.params["seed"] for t in reps) == [1, 2, 3]

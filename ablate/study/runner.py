@@ -216,7 +216,11 @@ class StudyRunner:
                     for k, v in best.params.items()
                     if k in space and (space[k].kind != "categorical" or v in space[k].choices)
                 }
-                study.enqueue_trial(start, user_attrs={"enqueued_from": self.spec.baseline})
+                # the baseline's best values on its own search seed would replay its luckiest run
+                seed = self.trials[arm.name].train.seed + WARM_START_SEED
+                study.enqueue_trial(
+                    start, user_attrs={"enqueued_from": self.spec.baseline, "search_seed": seed}
+                )
         return True
 
     def plan_match(self, studies: Mapping[str, Study]) -> bool:
@@ -288,10 +292,8 @@ class StudyRunner:
                 trial.set_user_attr("derived", {BASE: {"r": rank}})
                 values.setdefault(BASE, {})["r"] = rank
             evals = {"knockout": False, "zero_shot": False, "save_components": False}
-            seed = None  # every search trial of every arm trains on train.seed, but ...
-            if trial.user_attrs.get("enqueued_from"):  # ... the baseline's best values, run again beside X,
-                seed = self.plan.trials[arm.name].train.seed + WARM_START_SEED  # would inherit its lucky run
-                trial.set_user_attr("search_seed", seed)
+            # every search trial trains on train.seed, but the warm start has its own (set when enqueued)
+            seed = trial.user_attrs.get("search_seed")
             return self.bench.config(arm, values, seed=seed, run=("search", trial.number), evals=evals)
 
         def work(trial: Trial, cfg: TrialConfig) -> Done:

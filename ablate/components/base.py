@@ -95,3 +95,24 @@ def trainable_fp32(module: nn.Module, like: nn.Module) -> nn.Module:
     """
     device = next(like.parameters()).device
     return module.to(device=device, dtype=torch.float32)
+
+
+def layer_hooked(
+    name: str, cfg: ComponentConfig, model: nn.Module, layers: Iterable[nn.Module], module_name: str,
+    handles: list[Any], state: dict[str, bool], gates: Callable[[], Iterable[tuple[int, Any]]] | None = None,
+) -> Attached:  # fmt: skip
+    """The handle of a component that hangs one module named ``module_name`` on each decoder layer
+    and acts through forward hooks (``handles``) that read ``state["enabled"]`` (adapters, (IA)³):
+    it owns those modules' parameters, and detaching removes the hooks and the modules."""
+    layers = list(layers)
+
+    def detach() -> None:
+        for h in handles:
+            h.remove()
+        for layer in layers:
+            delattr(layer, module_name)
+
+    return Attached(
+        name, cfg, model, owns=lambda n: f".{module_name}." in n,
+        set_enabled=lambda on: state.update(enabled=on), detach=detach, gates=gates,
+    )  # fmt: skip

@@ -15,7 +15,7 @@ from torch import nn
 from ablate.components import gate as gating
 from ablate.components._arch import Dims, decoder_layers, dims
 from ablate.components.adapter import PLACEMENTS, AdapterConfig
-from ablate.components.base import Attached, trainable_fp32
+from ablate.components.base import Attached, layer_hooked, trainable_fp32
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 MODULE_NAME = "ablate_adapter"
@@ -71,20 +71,8 @@ def apply(model: nn.Module, cfg: AdapterConfig) -> Attached:
                     sub.register_forward_hook(_hook(sites[site], cfg.mode, state), with_kwargs=True)
                 )
 
-    def detach() -> None:
-        for h in handles:
-            h.remove()
-        for layer in layers:
-            delattr(layer, MODULE_NAME)
-
-    return Attached(
-        "adapter",
-        cfg,
-        model,
-        owns=lambda n: f".{MODULE_NAME}." in n,
-        set_enabled=lambda on: state.update(enabled=on),
-        detach=detach,
-        gates=(lambda: gates) if cfg.gate else None,
+    return layer_hooked(
+        "adapter", cfg, model, layers, MODULE_NAME, handles, state, (lambda: gates) if cfg.gate else None
     )
 
 

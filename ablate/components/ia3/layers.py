@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ablate.components._arch import Dims, decoder_layers, dims
-from ablate.components.base import Attached, trainable_fp32
+from ablate.components.base import Attached, layer_hooked, trainable_fp32
 from ablate.components.ia3 import Ia3Config
 
 MODULE_NAME = "ablate_ia3"
@@ -50,20 +50,7 @@ def apply(model: nn.Module, cfg: Ia3Config) -> Attached:
         if scales.ff is not None:
             handles.append(layer.mlp.down_proj.register_forward_pre_hook(_rescale_input(scales.ff, state)))
 
-    def detach() -> None:
-        for h in handles:
-            h.remove()
-        for layer in layers:
-            delattr(layer, MODULE_NAME)
-
-    return Attached(
-        "ia3",
-        cfg,
-        model,
-        owns=lambda n: f".{MODULE_NAME}." in n,
-        set_enabled=lambda on: state.update(enabled=on),
-        detach=detach,
-    )
+    return layer_hooked("ia3", cfg, model, layers, MODULE_NAME, handles, state)
 
 
 def _rescale_output(scale: nn.Parameter, state: dict):

@@ -52,6 +52,23 @@ def replicate_suffix(attrs: Mapping[str, Any]) -> str:
     return "/replicate" if gen == 1 else f"/replicate.{gen}"
 
 
+#: ``study.search_repeats``: search r (1-based) of an arm is the study ``NAME/<arm>/search<r>`` (the
+#: first is ``NAME/<arm>`` itself), and its best is replicated on seeds ``(r - 1) * STRIDE + 1, ...``:
+#: every search has seeds of its own (a seed shared by two searches would tie their rows), a raised
+#: ``study.seeds`` never runs into the next search's seeds, and a seed names its search.
+SEARCH_SEED_STRIDE = 10_000
+
+
+def search_suffix(repeat: int) -> str:
+    """The study-name suffix of search ``repeat`` of an arm (``""`` for the first)."""
+    return "" if repeat <= 1 else f"/search{repeat}"
+
+
+def search_of(seed: int) -> int:
+    """Which search (1-based) a replicate seed belongs to (``SEARCH_SEED_STRIDE``)."""
+    return (int(seed) - 1) // SEARCH_SEED_STRIDE + 1
+
+
 def lora_alone_suffix(attrs: Mapping[str, Any]) -> str:
     """The study of a combination's own LoRA settings trained alone (``study.interference``),
     ``NAME/<arm>/lora-alone`` (``.2``, ... after a re-pin, as :func:`replicate_suffix`)."""

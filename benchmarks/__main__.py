@@ -6,6 +6,7 @@
     python -m benchmarks study-time STORAGE WALL_S      # where a finished study's time went
     python -m benchmarks calibration [--smoke]          # how often the verdict is wrong (numpy only)
     python -m benchmarks sequential [--smoke]           # study.seeds=auto: error, power, seeds saved
+    python -m benchmarks pruning [--smoke] [...]        # does a pruner cost the search its winner
 
 Each ``--smoke`` runs the whole path on the tiny model in seconds; the test suite runs them all.
 """
@@ -24,6 +25,7 @@ COMMANDS = {
     "study-time": "study_time",
     "calibration": "calibration",
     "sequential": "sequential",
+    "pruning": "pruning",
 }
 
 

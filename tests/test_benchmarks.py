@@ -28,6 +28,7 @@ CASES = {  # sub-command -> (arguments, the files it writes, what its JSON holds
         ("cells", "bootstrap", "family", "plan", "interference"),
     ),
     "sequential": (["--smoke"], "sequential-smoke.json", ("cells", "designs")),
+    "pruning": (["--smoke"], "pruning-smoke.json", ("rows", "recordings")),
 }
 
 
@@ -35,7 +36,9 @@ CASES = {  # sub-command -> (arguments, the files it writes, what its JSON holds
 def test_every_benchmark_runs_in_smoke_mode(command, tmp_path, capsys):
     args, pattern, keys = CASES[command]
     out = (
-        ["--out", str(tmp_path)] if command in ("calibration", "sequential") else ["--out-dir", str(tmp_path)]
+        ["--out", str(tmp_path)]
+        if command in ("calibration", "sequential", "pruning")
+        else ["--out-dir", str(tmp_path)]
     )
     assert main([command, *args, *out]) == 0
     written = sorted(tmp_path.glob(pattern))

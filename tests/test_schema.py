@@ -111,6 +111,18 @@ REFUSED = [
     ),
     (
         StudyConfig,
+        {"name": "s", "arms": ["lora"], "search_repeats": 2},
+        "study.search_repeats=2: 2 searches give an interval with one degree of freedom and no verdict: "
+        "use 1, or 3 or more",
+    ),
+    (
+        StudyConfig,
+        {"name": "s", "arms": ["lora"], "search_repeats": 3, "seeds": "auto"},
+        "study.search_repeats=3: not with study.seeds=auto (the looks spend seeds, not searches): "
+        "give study.seeds a number",
+    ),
+    (
+        StudyConfig,
         {"name": "s", "arms": ["lora"], "spending": "linear"},
         "study.spending='linear': must be one of obf, pocock",
     ),

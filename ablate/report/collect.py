@@ -136,12 +136,26 @@ def trials_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
     return df[first + sorted(groups[0]) + sorted(groups[1]) + rest]
 
 
-def replicates_frame(studies: dict[str, optuna.Study]) -> pd.DataFrame:
-    """One row per (arm, seed) from each arm's ``replicates`` user attribute."""
+def search_studies(study: str, storage: Any, arm: str) -> list[tuple[int, optuna.Study]]:
+    """``study.search_repeats``: the further searches of ``arm`` (``NAME/<arm>/search<r>``, r >= 2)."""
+    prefix = f"{study}/{arm}/search"
+    names = optuna.study.get_all_study_names(storage=storage)
+    found = sorted(
+        int(n[len(prefix) :]) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()
+    )
+    return [(r, optuna.load_study(study_name=f"{prefix}{r}", storage=storage)) for r in found]
+
+
+def replicates_frame(
+    studies: dict[str, optuna.Study], searches: Mapping[str, list[tuple[int, optuna.Study]]] | None = None
+) -> pd.DataFrame:
+    """One row per (arm, seed) from each arm's ``replicates`` user attribute (of every search:
+    ``searches`` from :func:`search_studies`; a seed names its search, ``ablate.storage.search_of``)."""
     rows = []
     for arm, st in studies.items():
-        for seed, metrics in (st.user_attrs.get("replicates") or {}).items():
-            rows.append({"arm": arm, "seed": int(seed), **metrics})
+        for each in [st, *(s for _, s in (searches or {}).get(arm, []))]:
+            for seed, metrics in (each.user_attrs.get("replicates") or {}).items():
+                rows.append({"arm": arm, "seed": int(seed), **metrics})
     df = pd.DataFrame(rows, columns=None if rows else ["arm", "seed", "test_em", "test_loss"])
     return df.sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
 
@@ -153,7 +167,7 @@ def replications(
     unless a larger search re-pinned it: ``replicate_suffix``), and of a combination's own LoRA
     settings trained alone (``NAME/<arm>/lora-alone``), as the pseudo-arm ``<arm>/lora-alone``
     (arm names never contain "/", so it cannot collide with one)."""
-    from ablate.storage import lora_alone_suffix, replicate_suffix
+    from ablate.storage import lora_alone_suffix, replicate_suffix, search_suffix
 
     names = set(optuna.study.get_all_study_names(storage=storage))
     for arm in arms:
@@ -161,6 +175,10 @@ def replications(
         for label, suffix in ((arm, replicate_suffix(attrs)), (lora_alone(arm), lora_alone_suffix(attrs))):
             if f"{study}/{arm}{suffix}" in names:
                 yield label, optuna.load_study(study_name=f"{study}/{arm}{suffix}", storage=storage)
+        for r, search in search_studies(study, storage, arm):  # study.search_repeats: seeds of their own
+            name = f"{study}/{arm}{search_suffix(r)}{replicate_suffix(search.user_attrs)}"
+            if name in names:
+                yield arm, optuna.load_study(study_name=name, storage=storage)
 
 
 def lora_alone(arm: str) -> str:
@@ -353,7 +371,7 @@ def collect(study: str, storage: str, tracking_uri: str | None) -> StudyData:
         name=study,
         arms=arms_frame(studies),
         trials=trials_frame(studies),
-        replicates=replicates_frame(studies),
+        replicates=replicates_frame(studies, {a: search_studies(study, store, a) for a in studies}),
         studies=studies,
     )
     data.items = items_frame(study, store, list(studies), studies)

@@ -29,6 +29,7 @@ from ablate import stats
 from ablate.components import BASE
 from ablate.report.collect import StudyData, lora_alone
 from ablate.stats import sequential, similarity
+from ablate.storage import search_of
 
 METRIC, LOSS = "test_em", "test_loss"
 COSTS = (
@@ -88,6 +89,8 @@ class Summary:
     interference: dict[str, similarity.Interference] = field(default_factory=dict)
     #: study.seeds=auto: the recorded design and its looks (``ablate.study.looks``); None: fixed seeds
     sequential: dict[str, Any] | None = None
+    #: study.search_repeats: independent searches per arm whose replicates were recorded (1: one)
+    searches: int = 1
 
 
 def _mean(rep: pd.DataFrame, col: str) -> float:
@@ -102,6 +105,11 @@ def matched_to(arms: pd.DataFrame, arm: str) -> str | None:
     """The arm a parameter-matched LoRA arm was sized against (pandas may hold a missing one as nan)."""
     value = arms.loc[arm, "matched_to"] if "matched_to" in arms else None
     return value if isinstance(value, str) and value else None
+
+
+def searches_of(data: StudyData) -> int:
+    """How many independent searches of an arm have recorded replicates (``study.search_repeats``)."""
+    return max((search_of(s) for s in data.replicates["seed"]), default=1) if len(data.replicates) else 1
 
 
 def order_arms(arms: pd.DataFrame, baseline: str) -> list[str]:
@@ -164,15 +172,29 @@ def matrix(data: StudyData, arm: str, col: str = "correct") -> pd.DataFrame:
     return m.sort_index()
 
 
+def by_search(m: pd.DataFrame) -> pd.DataFrame:
+    """``study.search_repeats``: one row per search, the mean of its seeds (a seed names its search,
+    ``ablate.storage.search_of``), so that the rows are independent draws of the whole procedure:
+    search, pick, train. Seeds of one search share its configuration: as rows of their own they
+    would count that one choice as many (the harness measured their interval covering 86-94% where
+    the choice matters, ``benchmarks/results/calibration.md``). One search: ``m`` as it is."""
+    searches = pd.Index([search_of(s) for s in m.index], name="search")
+    if searches.nunique() < 2:
+        return m
+    return m.groupby(searches).mean()  # an Index, not a list: a list would name columns
+
+
 def aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """The seeds and items present in both (per-item vs seed-only records fall back to seed means)."""
+    """The seeds and items present in both (per-item vs seed-only records fall back to seed means),
+    paired by seed, then (several searches) one row per search (:func:`by_search`)."""
     if (a.shape[1] == 1) != (b.shape[1] == 1):
         a, b = (pd.DataFrame({0: m.mean(axis=1)}) for m in (a, b))
     seeds = a.index.intersection(b.index)
     items = a.columns.intersection(b.columns)
     a, b = a.loc[seeds, items], b.loc[seeds, items]
     keep = a.notna().all(axis=1) & b.notna().all(axis=1)
-    return a[keep].to_numpy(dtype=float), b[keep].to_numpy(dtype=float)
+    a, b = by_search(a[keep]), by_search(b[keep])
+    return a.to_numpy(dtype=float), b.to_numpy(dtype=float)
 
 
 def compare_arms(data: StudyData, arm: str, base: str, metric: str, sesoi: float, alpha: float):
@@ -204,7 +226,7 @@ def interaction(
     items = mats[0].columns.intersection(mats[1].columns).intersection(mats[2].columns)
     if len(seeds) == 0 or len(items) == 0:
         return None
-    lx, lo, xo = (m.loc[seeds, items].to_numpy(dtype=float) for m in mats)
+    lx, lo, xo = (by_search(m.loc[seeds, items]).to_numpy(dtype=float) for m in mats)
     if np.isnan(lx).any() or np.isnan(lo).any() or np.isnan(xo).any():
         return None
     vs_single = stats.compare(lx, xo, metric="em", sesoi=sesoi, alpha=alpha)
@@ -240,8 +262,8 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
     for arm in order_arms(data.arms, baseline):
         rep = reps[reps["arm"] == arm]
         em, loss = matrix(data, arm), matrix(data, arm, "loss")
-        em_iv = stats.interval(em.dropna().to_numpy(dtype=float))  # (mean, lo, hi)
-        loss_iv = stats.interval(loss.dropna().to_numpy(dtype=float))
+        em_iv = stats.interval(by_search(em.dropna()).to_numpy(dtype=float))  # (mean, lo, hi)
+        loss_iv = stats.interval(by_search(loss.dropna()).to_numpy(dtype=float))
         costs = {c: _mean(rep, c) for c in COSTS}
         row: dict[str, Any] = {
             "arm": arm,
@@ -439,6 +461,7 @@ def compute(
         fixed_lora_comparisons(data, list(numbers.index), sesoi, alpha),
         interference_readings(data, alpha),
         sequential_state(data, baseline),
+        searches_of(data),
     )
     for arm, c in s.fixed_lora.items():
         numbers.loc[arm, ["fixed_lora_diff", "fixed_lora_lo", "fixed_lora_hi"]] = [c.diff, c.lo, c.hi]

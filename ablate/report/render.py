@@ -54,7 +54,15 @@ def _header(s: Summary, study: str) -> str:
         f"drawn from fewer than {stats.MIN_SEEDS} seeds, from records without per-item scores, or from arms "
         "that agree on every item (both at the floor or the ceiling). A replicate seed that failed counts "
         "against its arm (every item wrong)."
-    )
+    ) + (SEARCHES_NOTE.format(k=s.searches) if s.searches > 1 else "")
+
+
+SEARCHES_NOTE = (
+    " Search: {k} independent searches per arm (study.search_repeats), each with its own sampler stream "
+    "and seeds; each search's best was replicated on seeds of its own, and every comparison has one row "
+    "per search (the mean of its seeds), so its interval also covers the choice of configuration and "
+    "its degrees of freedom come from the searches. The arms table's configuration is the first search's."
+)
 
 
 DESIGN_NOTE = (

@@ -368,6 +368,10 @@ class StudyConfig(Schema):
     futility: float = field(
         0.0, "seeds=auto: stop a comparison whose conditional power is below this (0: never)", ge=0, lt=1
     )
+    search_repeats: int = field(
+        1, "independent searches of every arm (other sampler and search seeds), each best replicated on "
+        "seeds of its own: the interval then covers the choice of configuration (1, or 3 and more)", ge=1,
+    )  # fmt: skip
     capacity_levels: list[int] | None = field(
         None, "e.g. [1, 4, 16]: also replicate each best config with r/width/length x k"
     )
@@ -422,6 +426,37 @@ class StudyConfig(Schema):
         ints = all(isinstance(n, int) and not isinstance(n, bool) for n in looks)
         require(ints and looks == sorted(set(looks)) and looks[0] >= 3, key, looks, reason)
         return looks
+
+    @model_validator(mode="after")
+    def _repeats(self) -> StudyConfig:
+        key, n = "study.search_repeats", self.search_repeats
+        # each search is one row of the comparison; the verdict needs MIN_SEEDS rows (ablate.stats)
+        require(
+            n != 2,
+            key,
+            n,
+            "2 searches give an interval with one degree of freedom and no verdict: use 1, or 3 or more",
+        )
+        if n > 1:
+            require(
+                not self.sequential,
+                key,
+                n,
+                "not with study.seeds=auto (the looks spend seeds, not searches): give study.seeds a number",
+            )
+            require(
+                self.sampler != "grid",
+                key,
+                n,
+                "a grid search finds the same best every time: use sampler=tpe or random",
+            )
+            require(
+                self.sampler != "mo",
+                key,
+                n,
+                "a multi-objective search has no single best to replicate per search",
+            )
+        return self
 
     @property
     def sequential(self) -> bool:

@@ -300,6 +300,66 @@ def measure_plan(
     }
 
 
+# --------------------------------------------------------------------------- search repeats
+
+#: how far the configuration one search picks moves an arm (logit scale), in the regimes of
+#: ``search_grid``: 0.15 is about 2-3 EM points between two searches' picks at a 36% baseline
+CONFIG_SDS = (0.0, 0.15, 0.3)
+
+
+def measure_search(
+    regime: Regime, config_sd: float, n_searches: int, n_seeds: int, n_items: int, effect: float, *,
+    n_reps: int = 1000, sesoi: float = SESOI, alpha: float = 0.05, seed: int = 0,
+) -> dict[str, float]:  # fmt: skip
+    """``study.search_repeats``: each of ``n_searches`` independent searches per arm picks a
+    configuration whose quality is one draw ``c ~ N(0, config_sd)`` (per arm and search, on the
+    logit scale), then its best is replicated on ``n_seeds`` seeds of its own. The true effect is
+    the difference of the arms' population means *over the choice of configuration*: what another
+    lab running the same search would find.
+
+    Three intervals on the same draws: ``repeats`` (the report's: each search's seeds averaged
+    into one row, the crossed seeds x items core on searches x items), ``pooled seeds`` (every
+    seed of every search as its own row, as if the searches were one: ignores that seeds of one
+    search share its configuration), and ``one search`` (only the first search's seeds: today's
+    study, with as many seeds as all the searches together: its interval covers seeds and items
+    given the configuration that one search happened to pick)."""
+    rng = np.random.default_rng([seed, n_searches, n_seeds, n_items, int(round(config_sd * 1e3)), 13])
+    # the configuration draw is one more Gaussian term per arm: the population mean integrates it
+    wide = Regime(
+        regime.name, regime.binary, regime.base, regime.item_sd,
+        math.sqrt(regime.item_arm_sd**2 + config_sd**2), regime.seed_sd, regime.seed_corr,
+        regime.noise_sd, regime.noise_corr,
+    )  # fmt: skip
+    deltas = np.array([0.0, delta_for(wide, effect)])
+    hits = {"repeats": [], "pooled seeds": [], "one search": []}
+    false = {k: [] for k in hits}
+    for size in _chunks(n_reps, 2 * n_searches * n_seeds * n_items):
+        items = draw_items(regime, size, 2, n_items, rng)
+        runs = []
+        for _ in range(n_searches):
+            c = config_sd * rng.standard_normal((size, 2, 1))
+            runs.append(draw_seeds(regime, Items(items.theta, items.u + c), deltas, n_seeds, rng))
+        y = np.concatenate(runs, axis=2)  # (R, 2, searches * seeds, I), search by search
+        d = y[:, 1] - y[:, 0]
+        c = config_sd * rng.standard_normal((size, 2, 1))
+        one = draw_seeds(regime, Items(items.theta, items.u + c), deltas, n_searches * n_seeds, rng)
+        shaped = {
+            "repeats": d.reshape(size, n_searches, n_seeds, n_items).mean(axis=2),
+            "pooled seeds": d,
+            "one search": one[:, 1] - one[:, 0],
+        }
+        for k, x in shaped.items():
+            calls = anova_calls(x, sesoi, alpha)
+            hits[k].append((calls.lo <= effect) & (effect <= calls.hi))
+            false[k].append(calls.better | calls.worse)
+    out: dict[str, float] = {"n": n_reps}
+    for k in hits:
+        out[f"coverage/{k}"] = float(np.mean(np.concatenate(hits[k])))
+        if effect == 0:
+            out[f"false/{k}"] = float(np.mean(np.concatenate(false[k])))
+    return out
+
+
 # --------------------------------------------------------------------------- interference
 
 

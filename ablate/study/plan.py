@@ -142,6 +142,16 @@ PLAN_ATTR = "plan"  # the study user attribute (on every arm's search study) tha
 #: replay the baseline's best run, its initialisation and data order included (the replicate
 #: seeds are 1..N, far below it)
 WARM_START_SEED = 1_000_000
+#: search r of ``study.search_repeats`` trains its search trials on train.seed + (r - 1) x this:
+#: an independent search draws its initialisations and data orders afresh too
+SEARCH_REPEAT_SEED = 2_000_000
+
+
+def search_seed(base: int, repeat: int) -> int:
+    """The training seed of search ``repeat``'s trials (the first search: ``base``, train.seed)."""
+    return base + SEARCH_REPEAT_SEED * (repeat - 1)
+
+
 #: where the arms' search budgets come from: compared through ``budget.<arm>`` instead
 BUDGET_KEYS = ("study.n_trials", "study.trials_per_field", "study.min_trials")
 #: Settings added after studies were first recorded, with the value that keeps such a study's plan:
@@ -152,6 +162,7 @@ ADDED_LATER = {
     "study.max_seeds": 20,
     "study.spending": "obf",
     "study.futility": 0.0,
+    "study.search_repeats": 1,
 }
 
 
@@ -220,6 +231,12 @@ def check_recorded(recorded: Mapping[str, Any], plan: Plan) -> list[str]:
             )
         elif key == "study.seeds" and grows:
             notes.append(f"study {name}: replicate seeds raised from {old} to {now}")
+        elif (
+            key == "study.search_repeats" and isinstance(now, int) and now > (1 if old == "<absent>" else old)
+        ):
+            notes.append(
+                f"study {name}: searches per arm raised from {1 if old == '<absent>' else old} to {now}"
+            )
         else:
             bad.append(f"{key}={now!r} (planned {old!r})")
     if len(set(raised.values())) == 1 and len(raised) == len(plan.spaces):
@@ -274,9 +291,16 @@ def extend_search(storage: Any, plan: Plan, lock: Any) -> None:
     with lock(f"{spec.name}:extend"):
         for frozen in storage.get_all_studies():
             name, ua = frozen.study_name, frozen.user_attrs
-            if not name.startswith(prefix) or "/" in name[len(prefix) :]:
+            rest = name[len(prefix) :].split("/")
+            # an arm's search: NAME/<arm>, or NAME/<arm>/search<r> (study.search_repeats)
+            if (
+                not name.startswith(prefix)
+                or len(rest) > 2
+                or len(rest) == 2
+                and not rest[1].startswith("search")
+            ):
                 continue
-            arm = name[len(prefix) :]
+            arm = rest[0]
             if arm not in plan.spaces or int(ua.get("n_trials") or 0) >= spec.budget(len(plan.spaces[arm])):
                 continue
             sid = storage.get_study_id_from_name(name)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ablate.components import BASE
 from ablate.schema import StudyConfig, TrackingConfig, TrialConfig
-from ablate.storage import lora_alone_suffix, replicate_suffix
+from ablate.storage import SEARCH_SEED_STRIDE, lora_alone_suffix, replicate_suffix
 from ablate.study import looks as L
 from ablate.study import records
 from ablate.study.bench import Bench
@@ -45,6 +45,7 @@ class Context(Protocol):
     reaper: Any
     mo: bool
     echo: Callable[[str], None]
+    repeat: int  # which search of study.search_repeats (1: the first, or the only one)
 
     def optuna_study(self, storage: BaseStorage, arm: Arm, suffix: str = "") -> Study: ...
 
@@ -60,6 +61,8 @@ class Replication:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        #: search r replicates on seeds of its own (``ablate.storage.SEARCH_SEED_STRIDE``)
+        self.offset = SEARCH_SEED_STRIDE * (ctx.repeat - 1)
 
     def run(
         self, active: list[Arm], studies: Mapping[str, Study], storage: BaseStorage, srec: Recorder,
@@ -67,6 +70,8 @@ class Replication:
     ) -> None:  # fmt: skip
         """Every arm in ``active`` (the searched ones): its seeds, then its extras at those seeds."""
         seeds = self.seeds(active, studies, storage, srec, progress)
+        if self.ctx.repeat > 1:  # capacity levels and LoRA alone: read from the first search only
+            return
         for arm in active:
             with records.arm_run(self.ctx.tracker, srec, self.ctx.spec.name, arm, self.ctx.lock) as arec:
                 self.replicate_extras(arm, studies, storage, arec, progress, seeds[arm.name])
@@ -171,10 +176,10 @@ class Replication:
         reps = self.ctx.optuna_study(storage, arm, suffix=suffix)
         with self.ctx.lock(reps.study_name):
             self.ctx.reaper(reps)
-            enqueue_seeds(reps, range(1, seeds + 1))
+            enqueue_seeds(reps, range(self.offset + 1, self.offset + seeds + 1))
 
         def prepare(trial: Trial) -> TrialConfig:
-            seed = int(trial.suggest_int("seed", 1, self.ctx.spec.seed_cap))
+            seed = int(trial.suggest_int("seed", 1, self.offset + self.ctx.spec.seed_cap))
             # the baseline's replicates also score the bare base: the interaction's zero-shot term
             evals = {"zero_shot": arm.role == "baseline" and suffix.startswith("/replicate")}
             return self.ctx.bench.config(arm, values, seed=seed, run=("replicate", None), evals=evals)
@@ -196,7 +201,10 @@ class Replication:
 
         def report(trial: Trial, text: str, took: float) -> None:
             phase = "seed" if suffix.startswith("/replicate") else f"{suffix[1:]} seed"
-            self.ctx.echo(progress.line(arm.name, phase, int(trial.params["seed"]), seeds, text, took))
+            seed = int(trial.params["seed"]) - self.offset
+            if self.offset:
+                phase = f"search {self.ctx.repeat} {phase}"
+            self.ctx.echo(progress.line(arm.name, phase, seed, seeds, text, took))
 
         while True:
             drive(reps, Job(waiting, prepare, work, None, report, queued), self.ctx.lock, self.ctx.reaper)

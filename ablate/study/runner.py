@@ -44,7 +44,7 @@ from ablate.study.budget import (
 )
 from ablate.study.config import MATCHED, Arm, combination_arms
 from ablate.study.matching import best_of, check_match, matched_rank, pin_best
-from ablate.study.plan import PLAN_ATTR, WARM_START_SEED, Plan, check_plan, record
+from ablate.study.plan import PLAN_ATTR, WARM_START_SEED, Plan, check_plan, record, search_seed
 from ablate.study.replication import Replication
 from ablate.study.sampling import arm_study, directions, reseeder
 
@@ -68,6 +68,9 @@ class StudyRunner:
         self.echo = echo
         self.bench = Bench(self.plain, self.spec)
         self.mo = self.spec.sampler == "mo"
+        #: the search this worker is in (``study.search_repeats``): 1, then 2, ... each one whole
+        self.repeat = 1
+        self.matched_space = list(self.spaces.get(MATCHED, []))  # before a search filters its targets
 
     def budget(self, arm: Arm) -> int:
         """The arm's search trials (``StudyConfig.budget``: per searched field, or ``n_trials``)."""
@@ -76,7 +79,7 @@ class StudyRunner:
     def optuna_study(self, storage: BaseStorage, arm: Arm, suffix: str = "") -> Study:
         train = self.trials[arm.name].train
         return arm_study(
-            storage, self.spec, arm, self.spaces[arm.name], train.steps, train.eval_every, suffix
+            storage, self.spec, arm, self.spaces[arm.name], train.steps, train.eval_every, suffix, self.repeat
         )
 
     # -- the run -------------------------------------------------------------
@@ -92,11 +95,22 @@ class StudyRunner:
                     "search": self.plain.get("search", {}),
                 }
             )
-            self.search_all(studies, srec, progress)
-            # matched-lora with nothing to match has no trial, so nothing to replicate
-            active = [arm for arm in self.arms if counted(studies[arm.name])]
-            Replication(self).run(active, studies, storage, srec, progress)
-            totals = [records.summary(s) for s in studies.values()]
+            totals = []
+            for repeat in range(1, self.spec.search_repeats + 1):
+                if repeat > 1:  # the next independent search of every arm, and its own seeds
+                    self.repeat = repeat
+                    studies = {a.name: self.optuna_study(storage, a) for a in self.arms}
+                    progress.total += sum(
+                        max(self.budget(a) - len(counted(s)), 0) + self._seeds_left(s)
+                        for a, s in zip(self.arms, studies.values(), strict=True)
+                    )
+                self.search_all(studies, srec, progress)
+                # matched-lora with nothing to match has no trial, so nothing to replicate
+                active = [arm for arm in self.arms if counted(studies[arm.name])]
+                Replication(self).run(active, studies, storage, srec, progress)
+                totals += [records.summary(s) for s in studies.values()]
+            self.repeat = 1
+            studies = {a.name: self.optuna_study(storage, a) for a in self.arms}
             srec.log_metrics(
                 {k: sum(t[k] for t in totals) for k in ("trials_complete", "trials_pruned", "trials_failed")}
                 | {"worker_wall_s": time.perf_counter() - started}
@@ -217,7 +231,7 @@ class StudyRunner:
                     if k in space and (space[k].kind != "categorical" or v in space[k].choices)
                 }
                 # the baseline's best values on its own search seed would replay its luckiest run
-                seed = self.trials[arm.name].train.seed + WARM_START_SEED
+                seed = search_seed(self.trials[arm.name].train.seed, self.repeat) + WARM_START_SEED
                 study.enqueue_trial(
                     start, user_attrs={"enqueued_from": self.spec.baseline, "search_seed": seed}
                 )
@@ -244,7 +258,8 @@ class StudyRunner:
         defaults = self.bench.defaults(self.arms[-1])[BASE]
         space = self.spaces[MATCHED]
         at = [n for n, d in enumerate(space) if d.name == "lora.targets"]
-        choices = list(space[at[0]].choices) if at else [defaults.get("targets")]
+        # every search filters the targets choices afresh (another search may match another count)
+        choices = list(self.matched_space[at[0]].choices) if at else [defaults.get("targets")]
         feasible = check_match(self.bench.model_config(self.arms[-1]), defaults, choices, target, to)
         if at:  # a targets set whose nearest rank misses the count cannot hold a matched LoRA
             space[at[0]] = dataclasses.replace(space[at[0]], choices=tuple(feasible))
@@ -261,6 +276,8 @@ class StudyRunner:
         name = f"{arm.name} #{trial.number}" if phase == "search" else f"{arm.name} seed {cfg.train.seed}"
         base = self.bench.base(cfg)
         tags = records.trial_tags(self.spec.name, arm, phase, cfg.train.seed, trial.number)
+        if self.spec.search_repeats > 1:
+            tags["search_repeat"] = self.repeat
         params = {"arm": arm.name, "base_bytes": self.bench.base_bytes}
 
         def attempt(run_cfg: TrialConfig, retry: bool) -> Outcome:
@@ -292,8 +309,11 @@ class StudyRunner:
                 trial.set_user_attr("derived", {BASE: {"r": rank}})
                 values.setdefault(BASE, {})["r"] = rank
             evals = {"knockout": False, "zero_shot": False, "save_components": False}
-            # every search trial trains on train.seed, but the warm start has its own (set when enqueued)
+            # every search trial trains on train.seed (search r of study.search_repeats: a seed of its
+            # own), but the warm start has its own (set when enqueued)
             seed = trial.user_attrs.get("search_seed")
+            if seed is None and self.repeat > 1:
+                seed = search_seed(self.trials[arm.name].train.seed, self.repeat)
             return self.bench.config(arm, values, seed=seed, run=("search", trial.number), evals=evals)
 
         def work(trial: Trial, cfg: TrialConfig) -> Done:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ablate.schema import OBJECTIVES, StudyConfig
 from ablate.search import Dist
+from ablate.storage import search_suffix
 from ablate.study.config import Arm
 
 
@@ -66,14 +67,17 @@ def reseeder(spec: StudyConfig, dists: list[Dist], worker: str = "") -> Any:
 
 
 def arm_study(
-    storage: Any, spec: StudyConfig, arm: Arm, dists: list[Dist], steps: int, every: int, suffix: str = ""
-) -> Any:
-    """``NAME/<arm>`` (the search, with the arm's attrs) or ``NAME/<arm><suffix>`` (seeds to replicate)."""
+    storage: Any, spec: StudyConfig, arm: Arm, dists: list[Dist], steps: int, every: int, suffix: str = "",
+    repeat: int = 1,
+) -> Any:  # fmt: skip
+    """``NAME/<arm>`` (the search, with the arm's attrs) or ``NAME/<arm><suffix>`` (seeds to replicate);
+    search ``repeat`` > 1 of ``study.search_repeats``: ``NAME/<arm>/search<repeat>`` and its replications."""
     import optuna
 
+    name = f"{spec.name}/{arm.name}{search_suffix(repeat)}"
     if suffix:  # replication: trials are enqueued seeds, nothing is sampled or pruned
         return optuna.create_study(
-            study_name=f"{spec.name}/{arm.name}{suffix}",
+            study_name=f"{name}{suffix}",
             storage=storage,
             load_if_exists=True,
             direction="maximize",
@@ -81,7 +85,7 @@ def arm_study(
             pruner=optuna.pruners.NopPruner(),
         )
     study = optuna.create_study(
-        study_name=f"{spec.name}/{arm.name}",
+        study_name=name,
         storage=storage,
         load_if_exists=True,
         directions=directions(spec),
@@ -102,6 +106,8 @@ def arm_study(
         "startup_trials": spec.startup_trials(spec.budget(len(dists))),
         "sesoi": spec.sesoi,  # fixed with the design, before any data: the report's equivalence margin
     }
+    if repeat > 1:
+        attrs["search_repeat"] = repeat
     for k, v in attrs.items():
         if study.user_attrs.get(k) != v:
             study.set_user_attr(k, v)

@@ -111,7 +111,108 @@ def _check_json_extract(ex: Example) -> None:
     assert all(str(obj[k]) in sentence for k in obj)
 
 
-CHECKS = {"dates": _check_dates, "arithmetic": _check_arithmetic, "json_extract": _check_json_extract}
+# The sql tables' columns, written out again here: text columns hold NAMES/CITIES, the rest numbers.
+SQL_TEXT = {"name", "city", "customer", "maker"}
+SQL_COLUMNS = {
+    "employees": ["name", "age", "city", "salary", "bonus"],
+    "orders": ["customer", "city", "amount", "quantity", "day"],
+    "cities": ["name", "population", "area", "elevation", "rank"],
+    "products": ["maker", "city", "price", "weight", "rating"],
+    "students": ["name", "age", "city", "grade", "year"],
+}
+# How the question words each operator and each aggregate.
+SQL_OP_WORDS = {
+    "=": ("", " equal to", " of"),
+    ">": (" above", " over", " greater than"),
+    "<": (" below", " under", " less than"),
+}
+SQL_AGG_WORDS = {
+    "MAX": ("highest", "maximum", "largest"),
+    "MIN": ("lowest", "minimum", "smallest"),
+    "AVG": ("average", "mean"),
+    "COUNT": ("How many", "Count", "number of"),
+}
+_SQL_PROMPT = re.compile(r"Table ([a-z]+)\(([a-z]+(?:, [a-z]+){2,3})\)\. Question: ([A-Z][^.?]*[a-z0-9][.?])")
+_SQL_QUERY = re.compile(
+    r"SELECT (?:(?P<col>[a-z]+)|COUNT\(\*\)|(?P<agg>MAX|MIN|AVG)\((?P<agg_col>[a-z]+)\))"
+    r" FROM (?P<table>[a-z]+)(?: WHERE (?P<where>.+))?"
+)
+_SQL_CONDITION = re.compile(r"(?P<col>[a-z]+) (?P<op>[=<>]) (?P<val>'[A-Z][a-z]+'|0|[1-9]\d*)")
+
+
+def _parse_sql(ex: Example) -> tuple[str, list[tuple[str, str, str]]]:
+    """(SELECT, COUNT, MAX, MIN or AVG; the conditions as (column, op, value)), checked against
+    the table and columns the prompt states and the words of its question."""
+    prompt, query = _SQL_PROMPT.fullmatch(ex.prompt), _SQL_QUERY.fullmatch(ex.response)
+    assert prompt and query, (ex.prompt, ex.response)
+    table, stated, question = prompt[1], prompt[2].split(", "), prompt[3]
+    assert query["table"] == table and table in SQL_COLUMNS
+    assert stated == [c for c in SQL_COLUMNS[table] if c in stated]  # in the table's order
+    parts = query["where"].split(" AND ") if query["where"] else []
+    matches = [_SQL_CONDITION.fullmatch(p) for p in parts]
+    assert all(matches), ex.response
+    conds = [m.group("col", "op", "val") for m in matches if m]
+    used = [c for c, _, _ in conds] + [c for c in (query["col"], query["agg_col"]) if c]
+    assert set(used) <= set(stated) and len(set(used)) == len(used), ex  # stated columns, each once
+    shape = query["agg"] or ("SELECT" if query["col"] else "COUNT")
+    named = [k for k, words in SQL_AGG_WORDS.items() if any(w in question for w in words)]
+    assert named == ([] if shape == "SELECT" else [shape]), ex
+    if query["agg"]:
+        assert query["agg_col"] not in SQL_TEXT, ex  # MAX/MIN/AVG of numbers only
+    # The conditions, in the question's order: "<column><op words> <value>", joined by " and ".
+    for col, op, val in conds:
+        assert val.startswith("'") == (col in SQL_TEXT) and (op == "=" or col not in SQL_TEXT), ex
+    phrases = ["|".join(f"{c}{w} {v.strip(chr(39))}" for w in SQL_OP_WORDS[o]) for c, o, v in conds]
+    if conds:
+        joined = " and ".join(f"(?:{p})" for p in phrases)
+        assert re.search(rf" (?:have|with) {joined}[.?]$", question), ex
+    else:
+        assert not re.search(r" (?:have|with) ", question), ex
+    return shape, conds
+
+
+def _check_sql(ex: Example) -> None:
+    _, conds = _parse_sql(ex)
+    assert len(conds) <= 2  # default options: 0-2 conditions
+    assert ex.response == " ".join(ex.response.split())  # normalised spacing
+
+
+SENTIMENT_WORDS = {
+    "positive": {"great", "excellent", "wonderful", "good", "lovely", "fantastic", "superb", "impressive"}
+    | {"sturdy", "reliable", "handy", "delicious", "tasty", "fresh", "gripping", "funny", "moving"},
+    "negative": {"bad", "terrible", "awful", "poor", "disappointing", "horrible", "mediocre", "dreadful"}
+    | {"flimsy", "cheap", "useless", "bland", "greasy", "stale", "boring", "predictable", "dull"},
+}
+# Words of a second sentence that take a side: it never takes the side opposite the label.
+SENTIMENT_CUES = {
+    "positive": ("recommend", "loved", "Worth", "Five"),
+    "negative": ("regret", "Never", "waste", "One"),
+}
+_REVIEW = re.compile(
+    r"Is this (?:product|restaurant|movie) review positive or negative\? "
+    r"[A-Z][^.]*? (?P<neg>not )?(?:(?:very|really|truly|so|extremely) )?(?P<word>[a-z]+)(?: at all)?\."
+    r"(?: (?P<more>[A-Z][^.]*\.))?"
+)
+
+
+def _check_sentiment(ex: Example) -> None:
+    m = _REVIEW.fullmatch(ex.prompt)
+    assert m, ex.prompt
+    polarity = next(k for k, words in SENTIMENT_WORDS.items() if m["word"] in words)
+    flipped = {"positive": "negative", "negative": "positive"}[polarity]
+    assert ex.response == (flipped if m["neg"] else polarity), ex
+    assert ex.prompt.count(" not ") == bool(m["neg"])  # the only negation is the first sentence's
+    against = "negative" if ex.response == "positive" else "positive"
+    assert not any(w in (m["more"] or "") for w in SENTIMENT_CUES[against]), ex
+
+
+CHECKS = {
+    "dates": _check_dates,
+    "arithmetic": _check_arithmetic,
+    "json_extract": _check_json_extract,
+    "sql": _check_sql,
+    "sentiment": _check_sentiment,
+}
 
 
 def test_task_registry_matches_config() -> None:
@@ -133,17 +234,23 @@ def test_task_splits_are_exact_disjoint_and_seeded(task: str) -> None:
     assert len(bigger["train"]) == 500
 
 
+# Longest prompt + answer in characters, where a task's default of 120 does not fit.
+MAX_CHARS = {"sentiment": 140, "sql": 240}
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_task_answers_are_correct_and_short(task: str) -> None:
     examples = [ex for split in _tasks(task).values() for ex in split]
     for ex in examples:
         CHECKS[task](ex)
-    # Short enough for SmolLM2-135M on a CPU: ~3 characters per token keeps this under ~40 tokens.
-    assert max(len(ex.prompt) + len(ex.response) for ex in examples) <= 120
+    # Short enough for SmolLM2-135M on a CPU: ~3 characters per token keeps this under ~40 tokens
+    # (a review's prose ~4; sql states a table schema: under ~70 tokens, far below max_length 128).
+    assert max(len(ex.prompt) + len(ex.response) for ex in examples) <= MAX_CHARS.get(task, 120)
 
 
-# Drawn before task options existed: default options must keep drawing exactly these (the first
-# three test examples at SPLIT_SIZES, seed 0), so old runs and new runs see the same data.
+# Drawn before task options existed (sql and sentiment: when they were added): default options
+# must keep drawing exactly these (the first three test examples at SPLIT_SIZES, seed 0), so old
+# runs and new runs see the same data.
 FROZEN_TEST_HEAD = {
     "arithmetic": [
         ("What is 30 + 68?", "98"),
@@ -169,12 +276,37 @@ FROZEN_TEST_HEAD = {
             '{"name": "Umar", "age": 61, "city": "Lima"}',
         ),
     ],
+    "sentiment": [
+        (
+            "Is this product review positive or negative? I found the backpack not impressive. What a waste.",
+            "negative",
+        ),
+        ("Is this movie review positive or negative? The ending was very wonderful.", "positive"),
+        ("Is this movie review positive or negative? To me the plot was great.", "positive"),
+    ],
+    "sql": [
+        (
+            "Table products(maker, city, weight, rating). Question: What is the minimum weight?",
+            "SELECT MIN(weight) FROM products",
+        ),
+        (
+            "Table cities(name, population, elevation, rank). Question: Which populations are listed?",
+            "SELECT population FROM cities",
+        ),
+        (
+            "Table orders(customer, amount, quantity, day). Question: What is the minimum amount for rows"
+            " with day above 25 and quantity greater than 7?",
+            "SELECT MIN(amount) FROM orders WHERE day > 25 AND quantity > 7",
+        ),
+    ],
 }
 # sha256 of every split's (prompt, response) pairs at SPLIT_SIZES, seed 0, from the same draw.
 FROZEN_DIGEST = {
     "arithmetic": "9bfa824f9ade1112",
     "dates": "f8316fac8192209c",
     "json_extract": "902eb763a984c51b",
+    "sentiment": "04b2d825ae0ed447",
+    "sql": "5547d75386ffb191",
 }
 
 
@@ -234,6 +366,81 @@ def test_arithmetic_task_options_are_normalised_in_the_config() -> None:
     assert type(cfg.task_options["digits"]) is list  # plain values, as MLflow params and JSON want
     assert DataConfig.from_dict({"name": "arithmetic"}).task_options == {}
     assert hash(cfg) == hash(DataConfig.from_dict({"name": "arithmetic"}))  # still hashable
+
+
+# options -> (WHERE conditions range, aggregates drawn); every case's space is large enough for SPLIT_SIZES.
+SQL_OPTIONS = {
+    "default": ({}, (0, 2), True),
+    "no conditions": ({"conditions": [0, 0]}, (0, 0), True),
+    "one condition": ({"conditions": [1, 1]}, (1, 1), True),
+    "no conditions, no aggregates": ({"conditions": [0, 0], "aggregates": False}, (0, 0), False),
+    "one or two, no aggregates": ({"conditions": [1, 2], "aggregates": False}, (1, 2), False),
+    "two conditions": ({"conditions": [2, 2]}, (2, 2), True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SQL_OPTIONS))
+def test_sql_options_set_conditions_and_aggregates(case: str) -> None:
+    options, (low, high), aggregates = SQL_OPTIONS[case]
+    splits = _tasks("sql", task_options=options)
+    assert {k: len(v) for k, v in splits.items()} == SPLIT_SIZES
+    prompts = [ex.prompt for split in splits.values() for ex in split]
+    assert len(set(prompts)) == sum(SPLIT_SIZES.values())  # disjoint, no repeats within
+    assert _tasks("sql", task_options=options) == splits  # deterministic
+    parsed = [_parse_sql(ex) for split in splits.values() for ex in split]  # consistent with the table
+    assert {len(conds) for _, conds in parsed} == set(range(low, high + 1))  # every count, none outside
+    shapes = Counter(shape for shape, _ in parsed)
+    if aggregates:  # half the queries select a column, the other half COUNT/MAX/MIN/AVG about evenly
+        assert set(shapes) == {"SELECT", "COUNT", "MAX", "MIN", "AVG"}
+        assert 0.4 < shapes["SELECT"] / len(parsed) < 0.6
+    else:
+        assert set(shapes) == {"SELECT"} and not any("(" in ex.response for s in splits.values() for ex in s)
+    ops = Counter(op for _, conds in parsed for _, op, _ in conds)
+    assert set(ops) == ({"=", ">", "<"} if high else set())
+    if case != "default":
+        default = _tasks("sql")
+        assert all(splits[k] != default[k] for k in splits)
+
+
+def test_sql_questions_have_several_forms_per_query_shape() -> None:
+    forms: dict[str, set[str]] = {}
+    for ex in _tasks("sql", train=1000)["train"]:
+        shape, conds = _parse_sql(ex)
+        question = ex.prompt.split("Question: ", 1)[1]
+        kind = shape if shape in ("SELECT", "COUNT") else "MAX/MIN/AVG"
+        forms.setdefault(f"{kind}, conditions: {bool(conds)}", set()).add(
+            question.split()[0]
+        )  # each template opens with its own word
+    assert len(forms) == 6 and all(len(f) >= 3 for f in forms.values()), forms
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_task_answer_is_a_function_of_the_prompt(task: str) -> None:
+    # The same question never asks for two answers, so exact match can be reached.
+    rng, answers = random.Random(0), {}
+    kwargs = {k: spec.default for k, spec in OPTIONS.get(task, {}).items()}
+    for _ in range(5000):
+        ex = TASKS[task](rng, **kwargs)
+        assert answers.setdefault(ex.prompt, ex.response) == ex.response, ex.prompt
+
+
+def test_sentiment_is_balanced_and_negation_is_an_option() -> None:
+    n = 1000
+    for negation in (True, False):
+        train = _tasks("sentiment", train=n, task_options={"negation": negation})["train"]
+        for ex in train:
+            _check_sentiment(ex)
+        labels = Counter(ex.response for ex in train)
+        assert set(labels) == {"positive", "negative"} and 0.45 <= labels["positive"] / n <= 0.55
+        negated = [ex for ex in train if " not " in ex.prompt]
+        if not negation:
+            assert not negated
+            continue
+        # "not good" is negative and "not bad" positive, both about as often as each other.
+        assert 0.15 < len(negated) / n < 0.35
+        assert 0.35 < sum(ex.response == "positive" for ex in negated) / len(negated) < 0.65
+        assert any("not bad" in ex.prompt and ex.response == "positive" for ex in negated)
+        assert any("not good" in ex.prompt and ex.response == "negative" for ex in negated)
 
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -346,7 +553,8 @@ def _unpadded(batches: list[dict[str, torch.Tensor]]) -> list[tuple[int, ...]]:
 def test_batches_cover_every_example_once(shuffle: bool) -> None:
     enc = _mixed_encoded()
     batches = make_batches(enc, 8, shuffle=shuffle, seed=3, pad_id=256)
-    assert [len(b["input_ids"]) for b in batches] == [8] * 15  # 120 examples
+    assert len(enc) == 40 * len(TASKS)  # each task's validation split
+    assert [len(b["input_ids"]) for b in batches] == [8] * (len(enc) // 8)
     assert all(b[k].dtype == torch.long for b in batches for k in ("input_ids", "attention_mask", "labels"))
     assert Counter(_unpadded(batches)) == Counter(tuple(e.input_ids) for e in enc)
     if not shuffle:
@@ -583,6 +791,18 @@ CONFIG_CASES = {
             "ops times": ("arithmetic", "ops", "*"),
             "ops repeated": ("arithmetic", "ops", "++"),
             "ops list": ("arithmetic", "ops", ["+"]),
+            "conditions reversed": ("sql", "conditions", [2, 1]),
+            "conditions too many": ("sql", "conditions", [0, 3]),
+            "conditions negative": ("sql", "conditions", [-1, 1]),
+            "conditions one number": ("sql", "conditions", 1),
+            "conditions bool": ("sql", "conditions", [False, True]),
+            "conditions string": ("sql", "conditions", "0-2"),
+            "aggregates string": ("sql", "aggregates", "yes"),
+            "aggregates int": ("sql", "aggregates", 1),
+            "unknown for sql": ("sql", "digits", [1, 2]),
+            "negation string": ("sentiment", "negation", "false"),
+            "negation null": ("sentiment", "negation", None),
+            "unknown for sentiment": ("sentiment", "intensifiers", True),
         }.items()
     },
 }

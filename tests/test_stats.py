@@ -285,6 +285,39 @@ def test_search_repeats_cover_the_choice_of_configuration():
     assert m["coverage/one search"] < 0.8 and m["coverage/pooled seeds"] < 0.93, m
 
 
+def test_pooled_effect_over_tasks_by_hand():
+    """Three tasks with equal within-task variance v: Paule-Mandel tau^2 = var(y) - v, the mean is
+    the plain mean, HKSJ's scale is 1 (tau^2 > 0), the interval is t with k - 1 = 2 df, and the
+    prediction interval t with k - 2 = 1 df on tau^2 + the mean's variance."""
+    from ablate.stats import meta
+
+    y, v = np.array([0.01, 0.05, 0.09]), 0.0002
+    tau2 = np.var(y, ddof=1) - v  # 0.0016 - 0.0002
+    var_mean = (v + tau2) / 3
+    p = meta.pool(y, [math.sqrt(v)] * 3, sesoi=0.02)
+    assert p.tau2 == pytest.approx(tau2, rel=1e-4) and p.mean == pytest.approx(0.05)
+    half = st.t.ppf(0.975, 2) * math.sqrt(var_mean)
+    assert (p.lo, p.hi) == pytest.approx((0.05 - half, 0.05 + half), rel=1e-3)
+    pred = st.t.ppf(0.975, 1) * math.sqrt(tau2 + var_mean)
+    assert (p.pred_lo, p.pred_hi) == pytest.approx((0.05 - pred, 0.05 + pred), rel=1e-3)
+    assert p.i2 == pytest.approx(1 - 2 / (np.sum((y - 0.05) ** 2) / v), rel=1e-6)
+    assert p.verdict == stats.INCONCLUSIVE  # 0.05 +- 0.097 spans 0
+    # identical effects: tau^2 = 0, and the floor keeps HKSJ's scale (0 here) at 1
+    q = meta.pool([0.03, 0.03, 0.03], [0.005] * 3, sesoi=0.02)
+    half = st.t.ppf(0.975, 2) * math.sqrt(0.005**2 / 3)
+    assert q.tau2 == 0 and (q.lo, q.hi) == pytest.approx((0.03 - half, 0.03 + half))
+    assert q.verdict == stats.BETTER and q.i2 == 0
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.04])
+def test_pooled_interval_covers_the_mean_task_effect(tau: float):
+    """The harness's slice: 5 tasks (3 seeds x 200 items each), true task effects N(0, tau^2)."""
+    from ablate.stats import meta
+
+    m = simulate.measure_meta(simulate.REGIMES["moderate"], 0.0, tau, 5, 3, 200, n_reps=300, seed=5)
+    assert m[f"coverage/{meta.HKSJ_FLOOR}"] >= 0.93 and m[f"false/{meta.HKSJ_FLOOR}"] <= 0.06, m
+
+
 def test_family_wise_false_verdicts_after_holm():
     rate = simulate.measure_family(simulate.REGIMES["seed-dominated"], 3, 3, 200, n_reps=300, seed=1)
     assert rate <= 0.06

@@ -2,7 +2,8 @@
 
 A task is one function ``rng -> Example`` plus one line in ``TASKS``. The
 prompts are short on purpose: the default model is SmolLM2-135M on a laptop
-CPU, so each example stays under ~40 tokens before the chat template.
+CPU, so each example stays under ~40 tokens before the chat template (``sql``, which
+states a table schema, under ~70).
 
 A task may take keyword options (``data.task_options``, e.g. the operand
 digits of ``arithmetic``), declared once in ``ablate.schema.tasks.OPTIONS`` with a
@@ -105,11 +106,195 @@ def json_extract(rng: random.Random) -> Example:
     return Example(f"Extract name, age, city as JSON: {sentence}", answer)
 
 
+# --- sql: WikiSQL-shaped text-to-SQL --------------------------------------------------------------
+# table -> its columns in schema order: (column, plural, values); values are a fixed list (text,
+# compared with = only and quoted) or an inclusive integer range (numeric: =, > or <, and the
+# only columns MAX/MIN/AVG take). At most two text columns per table, so any 3 of 5 hold a number.
+SqlColumn = tuple[str, str, tuple[str, ...] | range]
+SQL_TABLES: dict[str, tuple[SqlColumn, ...]] = {
+    "employees": (
+        ("name", "names", NAMES),
+        ("age", "ages", range(20, 66)),
+        ("city", "cities", CITIES),
+        ("salary", "salaries", range(30, 151)),
+        ("bonus", "bonuses", range(0, 51)),
+    ),
+    "orders": (
+        ("customer", "customers", NAMES),
+        ("city", "cities", CITIES),
+        ("amount", "amounts", range(10, 1000)),
+        ("quantity", "quantities", range(1, 51)),
+        ("day", "days", range(1, 32)),
+    ),
+    "cities": (
+        ("name", "names", CITIES),
+        ("population", "populations", range(1, 40)),
+        ("area", "areas", range(10, 1000)),
+        ("elevation", "elevations", range(0, 2001)),
+        ("rank", "ranks", range(1, 101)),
+    ),
+    "products": (
+        ("maker", "makers", NAMES),
+        ("city", "cities", CITIES),
+        ("price", "prices", range(1, 1000)),
+        ("weight", "weights", range(1, 100)),
+        ("rating", "ratings", range(1, 6)),
+    ),
+    "students": (
+        ("name", "names", NAMES),
+        ("age", "ages", range(17, 31)),
+        ("city", "cities", CITIES),
+        ("grade", "grades", range(1, 101)),
+        ("year", "years", range(1, 6)),
+    ),
+}
+# op -> surface forms of "<column> <op> <value>"; text columns take "=" only.
+_SQL_CONDITIONS = {
+    "=": ("{col} {val}", "{col} equal to {val}", "{col} of {val}"),
+    ">": ("{col} above {val}", "{col} over {val}", "{col} greater than {val}"),
+    "<": ("{col} below {val}", "{col} under {val}", "{col} less than {val}"),
+}
+# shape -> (templates with conditions, templates without); {plural} is the selected column's plural.
+_SQL_QUESTIONS = {
+    "select": (
+        (
+            "Which {plural} have {where}?",
+            "List the {plural} with {where}.",
+            "Show {col} for rows with {where}.",
+        ),
+        ("Which {plural} are listed?", "List all {plural}.", "Show every {col}."),
+    ),
+    "count": (
+        (
+            "How many rows have {where}?",
+            "Count the {table} with {where}.",
+            "What is the number of {table} with {where}?",
+        ),
+        ("How many rows are there?", "Count the {table}.", "What is the number of {table}?"),
+    ),
+    "agg": (
+        (
+            "What is the {agg} {col} for rows with {where}?",
+            "Find the {agg} {col} of {table} with {where}.",
+            "Give the {agg} {col} among {table} with {where}.",
+        ),
+        (
+            "What is the {agg} {col}?",
+            "Find the {agg} {col} of all {table}.",
+            "Give the {agg} {col} over all rows.",
+        ),
+    ),
+}
+_SQL_AGGREGATES = {
+    "MAX": ("highest", "maximum", "largest"),
+    "MIN": ("lowest", "minimum", "smallest"),
+    "AVG": ("average", "mean"),
+}
+
+
+def sql(rng: random.Random, *, conditions: Sequence[int] = (0, 2), aggregates: bool = True) -> Example:
+    """Turn a question about a stated table into one normalised SQL query (WikiSQL-shaped).
+
+    The table shows 3-4 of its columns; the query selects one column, or with ``aggregates``
+    (half of the queries) COUNT(*) or MAX/MIN/AVG of a numeric column, under ``conditions``
+    (low, high) WHERE conditions joined by AND, in the order the question names them.
+    """
+    table = rng.choice(list(SQL_TABLES))
+    picked = sorted(rng.sample(range(5), rng.randint(3, 4)))
+    columns = [SQL_TABLES[table][i] for i in picked]
+    shape = rng.choice(("count", "MAX", "MIN", "AVG")) if aggregates and rng.random() < 0.5 else "select"
+    numeric = [c for c in columns if isinstance(c[2], range)]
+    target = None if shape == "count" else rng.choice(columns if shape == "select" else numeric)
+    rest = [c for c in columns if c is not target]
+    where, sql_where = [], []
+    for col, _, values in rng.sample(rest, rng.randint(conditions[0], conditions[1])):
+        op = "=" if isinstance(values, tuple) else rng.choice(("=", ">", "<"))
+        val = rng.choice({">": values[:-1], "<": values[1:]}.get(op, values))  # never an empty range
+        where.append(rng.choice(_SQL_CONDITIONS[op]).format(col=col, val=val))
+        sql_where.append(f"{col} {op} '{val}'" if isinstance(val, str) else f"{col} {op} {val}")
+    key = shape if shape in ("select", "count") else "agg"
+    template = rng.choice(_SQL_QUESTIONS[key][0 if where else 1])
+    agg = "" if shape in ("select", "count") else rng.choice(_SQL_AGGREGATES[shape])
+    col, plural = (target[0], target[1]) if target else ("", "")
+    question = template.format(plural=plural, col=col, table=table, agg=agg, where=" and ".join(where))
+    what = {"select": col, "count": "COUNT(*)"}.get(shape, f"{shape}({col})")
+    query = f"SELECT {what} FROM {table}" + (" WHERE " + " AND ".join(sql_where) if sql_where else "")
+    schema = ", ".join(c[0] for c in columns)
+    return Example(f"Table {table}({schema}). Question: {question}", query)
+
+
+# --- sentiment: short generated reviews ---------------------------------------------------------
+# domain -> (singular things reviewed, positive words, negative words); the shared words fit all.
+_REVIEWED = {
+    "product": (
+        ("blender", "kettle", "lamp", "backpack", "keyboard", "charger", "phone case"),
+        ("sturdy", "reliable", "handy"),
+        ("flimsy", "cheap", "useless"),
+    ),
+    "restaurant": (
+        ("food", "pizza", "soup", "curry", "dessert", "service", "burger"),
+        ("delicious", "tasty", "fresh"),
+        ("bland", "greasy", "stale"),
+    ),
+    "movie": (
+        ("movie", "plot", "ending", "acting", "soundtrack", "film", "sequel"),
+        ("gripping", "funny", "moving"),
+        ("boring", "predictable", "dull"),
+    ),
+}
+_POSITIVE = ("great", "excellent", "wonderful", "good", "lovely", "fantastic", "superb", "impressive")
+_NEGATIVE = ("bad", "terrible", "awful", "poor", "disappointing", "horrible", "mediocre", "dreadful")
+# Only words whose negation plainly means the opposite: "not good" is negative, "not bad" positive.
+_NEGATABLE = {
+    "positive": ("good", "great", "impressive", "reliable", "tasty", "fresh", "funny", "moving"),
+    "negative": ("bad", "disappointing", "boring", "bland", "greasy", "flimsy", "dull", "predictable"),
+}
+_INTENSIFIERS = ("very ", "really ", "truly ", "so ", "extremely ")
+_REVIEWS = (
+    "The {thing} was {phrase}.",
+    "I thought the {thing} was {phrase}.",
+    "Honestly, the {thing} is {phrase}.",
+    "To me the {thing} was {phrase}.",
+    "I found the {thing} {phrase}.",
+)
+# A second sentence agrees with the first or says nothing either way; none says " not ".
+_FOLLOW_UPS = {
+    "positive": ("I would recommend it.", "Worth every penny.", "I loved it.", "Five stars."),
+    "negative": ("I regret it.", "Never again.", "What a waste.", "One star."),
+    "neutral": ("I went last week.", "It was my first time.", "A friend suggested it."),
+}
+
+
+def sentiment(rng: random.Random, *, negation: bool = True) -> Example:
+    """Label a one- or two-sentence review ``positive`` or ``negative`` (half each).
+
+    With ``negation`` a quarter of the reviews negate a word of the other polarity
+    ("not bad" is positive, "not good" negative); an intensifier never meets a negation.
+    """
+    label = "positive" if rng.random() < 0.5 else "negative"
+    other = "negative" if label == "positive" else "positive"
+    domain = rng.choice(list(_REVIEWED))
+    things, good, bad = _REVIEWED[domain]
+    if negation and rng.random() < 0.25:
+        fits = (*_POSITIVE, *_NEGATIVE, *good, *bad)  # no "not tasty" film
+        phrase = "not " + rng.choice([w for w in _NEGATABLE[other] if w in fits])
+        phrase += " at all" if rng.random() < 0.3 else ""
+    else:
+        words = (*_POSITIVE, *good) if label == "positive" else (*_NEGATIVE, *bad)
+        phrase = (rng.choice(_INTENSIFIERS) if rng.random() < 0.4 else "") + rng.choice(words)
+    review = rng.choice(_REVIEWS).format(thing=rng.choice(things), phrase=phrase)
+    if rng.random() < 0.5:
+        review += " " + rng.choice(_FOLLOW_UPS[label if rng.random() < 0.6 else "neutral"])
+    return Example(f"Is this {domain} review positive or negative? {review}", label)
+
+
 #: name -> generator; adding a task is one function and one line here.
 TASKS: dict[str, Task] = {
     "dates": dates,
     "arithmetic": arithmetic,
     "json_extract": json_extract,
+    "sql": sql,
+    "sentiment": sentiment,
 }
 
 

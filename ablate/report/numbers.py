@@ -176,7 +176,7 @@ def by_search(m: pd.DataFrame) -> pd.DataFrame:
     """``study.search_repeats``: one row per search, the mean of its seeds (a seed names its search,
     ``ablate.storage.search_of``), so that the rows are independent draws of the whole procedure:
     search, pick, train. Seeds of one search share its configuration: as rows of their own they
-    would count that one choice as many (the harness measured their interval covering 86-94% where
+    would count that one choice as many (the harness measured their interval covering 88.5-94.5% where
     the choice matters, ``benchmarks/results/calibration.md``). One search: ``m`` as it is."""
     searches = pd.Index([search_of(s) for s in m.index], name="search")
     if searches.nunique() < 2:

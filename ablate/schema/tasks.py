@@ -12,10 +12,10 @@ from typing import Any, Literal, get_args
 from ablate.errors import ConfigError, require
 
 #: Every accepted ``data.name``: a built-in task, user files, or a Hugging Face dataset.
-Source = Literal["dates", "arithmetic", "json_extract", "file", "hf"]
+Source = Literal["dates", "arithmetic", "json_extract", "sql", "sentiment", "file", "hf"]
 SOURCES = get_args(Source)
 #: Generated tasks shipped with ablate (kept in sync with ``ablate.data.tasks.TASKS`` by a test).
-BUILTIN_TASKS = SOURCES[:3]
+BUILTIN_TASKS = SOURCES[:5]
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,30 @@ def _ops(x: Any) -> str:
     return "".join(op for op in "+-" if op in x)  # "-+" and "+-" are the same task
 
 
+MAX_CONDITIONS = 2
+
+
+def _conditions(x: Any) -> list[int]:
+    ok = isinstance(x, Sequence) and not isinstance(x, str) and len(x) == 2
+    ok = ok and all(isinstance(n, int) and not isinstance(n, bool) for n in x)
+    if not ok or not 0 <= x[0] <= x[1] <= MAX_CONDITIONS:
+        raise ValueError(
+            f"must be [low, high] WHERE conditions, integers with 0 <= low <= high <= {MAX_CONDITIONS}"
+        )
+    return [int(x[0]), int(x[1])]
+
+
+def _flag(x: Any) -> bool:
+    if not isinstance(x, bool):
+        raise ValueError("must be true or false")
+    return x
+
+
 #: name -> option -> spec, for the tasks that take options; the defaults are the generator's.
 OPTIONS: dict[str, dict[str, Option]] = {
     "arithmetic": {"digits": Option([2, 4], _digits), "ops": Option("+-", _ops)},
+    "sql": {"conditions": Option([0, 2], _conditions), "aggregates": Option(True, _flag)},
+    "sentiment": {"negation": Option(True, _flag)},
 }
 
 

@@ -360,6 +360,60 @@ def measure_search(
     return out
 
 
+# --------------------------------------------------------------------------- tasks (pooled)
+
+
+def _delta_map(regime: Regime, span: float = 0.3, n: int = 601) -> Callable[[np.ndarray], np.ndarray]:
+    """``effect -> delta`` on a grid (``delta_for`` by interpolation: exact to ~1e-6 on EM)."""
+    effects = np.linspace(-span, span, n)
+    deltas = np.array([delta_for(regime, float(e)) if e else 0.0 for e in effects])
+    return lambda e: np.interp(e, effects, deltas)
+
+
+def measure_meta(
+    regime: Regime, mu: float, tau: float, n_tasks: int, n_seeds: int, n_items: int, *,
+    n_reps: int = 1000, sesoi: float = SESOI, alpha: float = 0.05, seed: int = 0,
+) -> dict[str, float]:  # fmt: skip
+    """``study.tasks``: ``n_tasks`` tasks whose true effects (EM, arm - baseline) are drawn
+    ``N(mu, tau^2)``, each compared on its own seeds x items (the crossed core's mean and se);
+    the pooled interval (``ablate.stats.meta``, each method) should cover ``mu`` and the prediction
+    interval a new task's effect. Also the rate of a false pooled better/worse where ``mu = 0``."""
+    from ablate.stats import meta
+
+    rng = np.random.default_rng(
+        [seed, n_tasks, n_seeds, n_items, int(round(1e4 * tau)), int(round(1e4 * mu)) % 2**31, 17]
+    )
+    to_delta = _delta_map(regime)
+    effects = mu + tau * rng.standard_normal((n_reps, n_tasks))
+    new_task = mu + tau * rng.standard_normal(n_reps)
+    y = np.empty((n_reps, n_tasks))
+    se = np.empty((n_reps, n_tasks))
+    for t in range(n_tasks):
+        items = draw_items(regime, n_reps, 2, n_items, rng)
+        shift = np.stack([np.zeros(n_reps), to_delta(effects[:, t])], axis=1)[:, :, None]
+        out = draw_seeds(regime, Items(items.theta, items.u + shift), np.zeros(2), n_seeds, rng)
+        d = out[:, 1] - out[:, 0]
+        mean, ms_s, ms_i, ms_r = mean_squares(d)
+        var, _ = satterthwaite(ms_s, ms_i, ms_r, n_seeds, n_items)
+        y[:, t], se[:, t] = mean, np.sqrt(var)
+    res: dict[str, float] = {"n": n_reps}
+    for method in (meta.HKSJ_FLOOR, meta.HKSJ, meta.NORMAL):
+        pooled = [meta.pool(y[r], se[r], sesoi=sesoi, alpha=alpha, method=method) for r in range(n_reps)]
+        res[f"coverage/{method}"] = float(np.mean([p.lo <= mu <= p.hi for p in pooled]))
+        if mu == 0:
+            res[f"false/{method}"] = float(np.mean([p.verdict in FALSE_WORDS for p in pooled]))
+        if method == meta.HKSJ_FLOOR:
+            res["prediction"] = float(
+                np.mean([p.pred_lo <= x <= p.pred_hi for p, x in zip(pooled, new_task, strict=True)])
+            )
+            res["width"] = float(np.mean([p.hi - p.lo for p in pooled]))
+            res["tau2"] = float(np.mean([p.tau2 for p in pooled]))
+    return res
+
+
+FALSE_WORDS = (V.BETTER, V.BETTER_SMALL, V.WORSE, V.WORSE_SMALL)
+
+
 # --------------------------------------------------------------------------- interference
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import json
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -242,6 +243,44 @@ def _split_top(value: str) -> list[str]:
     return [*parts, cur]
 
 
+def hydra_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar (bare keys, quoted strings): ``{ops:'+',digits:[2,2]}``."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "null" if value is None else json.dumps(value)  # true / false / numbers
+
+
+def compose_tasks(command: str, args: list[str], composed: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``study.tasks``: each task's whole config, composed as ``ablate ... data=<config>`` (plus the
+    task's own data fields) would compose it, so the budget and every other override apply to each
+    task alike. A task is a data config name, or ``{NAME: {field: value}}`` whose ``config`` (default:
+    its ``name`` field, else NAME) picks the file of ``conf/data/`` its fields go on top of."""
+    tasks = (composed.get("study") or {}).get("tasks") or []
+    if command not in ("study", "worker") or not tasks:
+        return {}
+    known = _options("data")
+    rest = [a for a in args if a.split("=", 1)[0].lstrip("+~") != "data"]  # data=X: each task picks its own
+    out = {}
+    for task in tasks:
+        label, body = (task, {}) if isinstance(task, str) else next(iter(task.items()))
+        body = dict(body or {})
+        config = str(body.pop("config", body.get("name", label)))
+        if config not in known:
+            raise ConfigError(
+                f"study.tasks.{label}", config, f"no such data config (one of {', '.join(known)})"
+            )
+        fields = [f"++data.{k}={hydra_value(v)}" for k, v in body.items()]
+        plain = precompose([*rest, f"data={config}", *fields])
+        if plain is None:  # flags (-m, --cfg): a task study is composed here or not at all
+            raise ConfigError("study.tasks", tasks, "not with Hydra flags (-m sweeps, --cfg)")
+        out[label] = plain
+    return out
+
+
 def sweep_jobs(args: list[str]) -> list[list[str]]:
     """The jobs of a ``-m`` sweep (plain comma lists; Hydra's range()/choice() sweeps are left to
     Hydra), so a bad value in job 3 is refused before job 1 trains and records."""
@@ -347,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         job = None
         if composed is not None:  # no flags: composed once here, run from it below
             hydra_cfg = composed.pop("hydra")
-            job = prepare(command, composed, args)
+            job = prepare(command, composed, args, compose_tasks(command, args, composed))
         for sweep in sweep_jobs(args):  # -m: every job of the sweep is valid before the first runs
             prepare(command, precompose(sweep) or {}, sweep)
     except ConfigError as err:

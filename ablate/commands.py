@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ablate.errors import redact
+from ablate.errors import ConfigError, redact
 from ablate.schema import Config, ExportConfig, StudyConfig, TrackingConfig, TrialConfig
 
 if TYPE_CHECKING:
@@ -35,20 +35,32 @@ class Job:
     study: StudyConfig | None = None  # report, export
     tracking: TrackingConfig | None = None  # report, export
     export: ExportConfig | None = field(default=None)  # export
+    #: study.tasks: each task's plan (its study ``NAME.<task>``), in order; empty: one task
+    tasks: dict[str, Plan] = field(default_factory=dict)
 
 
-def prepare(command: str, plain: Mapping[str, Any], overrides: list[str]) -> Job:
+def prepare(
+    command: str, plain: Mapping[str, Any], overrides: list[str], tasks: Mapping[str, Mapping[str, Any]] | None = None
+) -> Job:  # fmt: skip
     """Every check the command makes of its config, made once, before torch is imported: the
     schema's (types, ranges, choices, cross-field rules), and for a study its whole plan (arms,
-    search spaces, each arm's trial config). Raises ``ConfigError`` naming the key and value."""
+    search spaces, each arm's trial config; with ``study.tasks``, each task's, from ``tasks``: the
+    config composed for each). Raises ``ConfigError`` naming the key and value."""
     plain = dict(plain)
     config = Config.from_dict(plain)
     if command == "train":
         return Job(command, plain, list(overrides), config, trial=TrialConfig.from_dict(plain))
     if command in ("study", "worker"):
-        from ablate.study.plan import make_plan
+        from ablate.study.plan import make_plan, task_plans
 
-        return Job(command, plain, list(overrides), config, plan=make_plan(plain, overrides))
+        plan = make_plan(plain, overrides)
+        if plan.spec.tasks and config.workers > 1:
+            raise ConfigError(
+                "workers", config.workers, "not with study.tasks yet: start `ablate worker` processes"
+            )
+        return Job(
+            command, plain, list(overrides), config, plan=plan, tasks=task_plans(plan, tasks or {}, overrides)
+        )
     study = StudyConfig.from_dict(plain.get("study"))
     export = ExportConfig.from_dict(plain.get("export")) if command == "export" else None
     tracking = TrackingConfig.from_dict(plain.get("tracking"))
@@ -146,6 +158,8 @@ def study_command(job: Job) -> dict[str, Any]:
     from ablate.study.workers import WorkersFailed, run_workers
 
     assert job.plan is not None
+    if job.tasks:
+        return tasks_command(job)
     runner = StudyRunner(job.plan)
     if job.config.workers == 1:
         result = runner.run()
@@ -157,6 +171,35 @@ def study_command(job: Job) -> dict[str, Any]:
             sys.exit(exc.code)
     print(study_summary(runner, result))
     return result
+
+
+def tasks_command(job: Job) -> dict[str, Any]:
+    """``study.tasks``: every task's study in turn (its own search and replication per arm, on this
+    worker's base; other workers take their share through the storage), then the pooled report."""
+    from ablate.study import StudyRunner
+
+    assert job.plan is not None
+    results = {}
+    for task, plan in job.tasks.items():
+        print(f"task {task}: study {plan.spec.name}")
+        runner = StudyRunner(plan)
+        results[task] = runner.run()
+        print(study_summary(runner, results[task]))
+    spec = job.plan.spec
+    if spec.report and job.command == "study":
+        from ablate.report.tasks import build_task_report
+
+        uri = job.plan.tracking.uri if job.plan.tracking.backend == "mlflow" else None
+        out = build_task_report(
+            spec.name,
+            spec.task_labels,
+            spec.storage_url,
+            uri,
+            Path("reports") / spec.name,
+            baseline=spec.baseline,
+        )
+        print(f"report: {out}/report.md (and report.html): each arm pooled over {len(job.tasks)} tasks")
+    return {"tasks": results}
 
 
 def study_summary(runner: Any, result: dict[str, Any]) -> str:
@@ -209,6 +252,19 @@ def report_command(job: Job) -> str:
     check_name("study.name", spec.name)  # it becomes reports/NAME/
     check_storage(spec.storage_url)  # unreachable or malformed URL: one line, exit 2
     uri = existing_store(tracking.uri if tracking.backend == "mlflow" else None)
+    if spec.tasks:  # every task's report, and each arm pooled over the tasks
+        from ablate.report.tasks import build_task_report
+
+        out = build_task_report(
+            spec.name,
+            spec.task_labels,
+            spec.storage_url,
+            uri,
+            Path("reports") / spec.name,
+            baseline=spec.baseline,
+        )
+        print(f"report: {out}/report.md (and report.html)")
+        return str(out)
     out = build_report(spec.name, spec.storage_url, uri, Path("reports") / spec.name, baseline=spec.baseline)
     if uri:  # the experiment's description and the arm runs' comparison metrics follow the new report
         from ablate.report.publish import describe_study

@@ -59,6 +59,11 @@ def replicate_suffix(attrs: Mapping[str, Any]) -> str:
 SEARCH_SEED_STRIDE = 10_000
 
 
+def task_study(study: str, task: str) -> str:
+    """``study.tasks``: the study of one task, ``NAME.<task>`` (its arms ``NAME.<task>/<arm>``)."""
+    return f"{study}.{task}"
+
+
 def search_suffix(repeat: int) -> str:
     """The study-name suffix of search ``repeat`` of an arm (``""`` for the first)."""
     return "" if repeat <= 1 else f"/search{repeat}"

@@ -93,14 +93,16 @@ POLICIES = [
 # --------------------------------------------------------------------------- recording
 
 
-def overrides(model: str, steps: int, sampler_seed: int, smoke: bool) -> list[str]:
-    every = max(1, steps // LOOKS)
+def overrides(
+    model: str, steps: int, sampler_seed: int, smoke: bool, arms: Sequence[str] = ARMS, looks: int = LOOKS
+) -> list[str]:
+    every = max(1, steps // looks)
     base = gpu.study_overrides(model, "none", steps, 8 if model == "smollm2" else 4)
     if model == "smollm2":  # budget=quick's data sizes (gpu.study_overrides sets 512 / 32 / 64)
         base += ["data.n_train=500"]
     out = [
         *base,
-        f"study.arms=[{','.join(ARMS)}]",
+        f"study.arms=[{','.join(arms)}]",
         "study.pruner=none",
         f"train.eval_every={every}",
         f"study.sampler_seed={sampler_seed}",
@@ -111,20 +113,23 @@ def overrides(model: str, steps: int, sampler_seed: int, smoke: bool) -> list[st
     return out
 
 
-def record(model: str, steps: int, sampler_seed: int, smoke: bool) -> dict[str, list[dict[str, Any]]]:
-    """Search every arm without pruning, EXTRA x its budget; every trial's curve by arm."""
+def record(
+    model: str, steps: int, sampler_seed: int, smoke: bool, arms: Sequence[str] = ARMS, looks: int = LOOKS,
+    extra: float = EXTRA,
+) -> dict[str, Any]:  # fmt: skip
+    """Search every arm without pruning, ``extra`` x its budget; every trial's curve by arm."""
     from optuna.trial import TrialState
 
     from ablate.study import StudyRunner, records
     from ablate.study.budget import Progress
     from ablate.study.plan import make_plan
 
-    ovr = overrides(model, steps, sampler_seed, smoke)
+    ovr = overrides(model, steps, sampler_seed, smoke, arms, looks)
     plain = gpu.compose(ovr)
     study = plain["study"]
     if not smoke:  # the arm's own budget (study.n_trials=null: per searched field), times EXTRA
-        study["trials_per_field"] = study["trials_per_field"] * EXTRA
-        study["min_trials"] = math.ceil(study["min_trials"] * EXTRA)
+        study["trials_per_field"] = study["trials_per_field"] * extra
+        study["min_trials"] = math.ceil(study["min_trials"] * extra)
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         study["storage"] = f"sqlite:///{tmp}/study.db"
         runner = StudyRunner(make_plan(plain, ovr), echo=lambda line: print("  " + line, file=sys.stderr))
@@ -143,12 +148,18 @@ def record(model: str, steps: int, sampler_seed: int, smoke: bool) -> dict[str, 
                 for t in sorted(done, key=lambda t: t.number)
             ]
         budgets = {a.name: runner.budget(a) for a in runner.arms}
-    if not smoke:  # the budget the arm has without EXTRA
-        budgets = {a: max(1, round(b / EXTRA)) for a, b in budgets.items()}
-    return {"curves": curves, "budgets": budgets, "steps": steps}
+    if not smoke:  # the budget the arm has without the extra candidates
+        budgets = {a: max(1, round(b / extra)) for a, b in budgets.items()}
+    return {"curves": curves, "budgets": budgets, "steps": steps, "every": max(1, steps // looks)}
 
 
 # --------------------------------------------------------------------------- replay
+
+
+def policy_looks(policy: Policy, steps: int) -> tuple[int, list[int]]:
+    """The policy's validation interval and the steps it may prune at (never the last: prune_hook)."""
+    every = max(1, round(policy.every * steps))
+    return every, list(range(every, steps, every))
 
 
 def replay(
@@ -157,8 +168,7 @@ def replay(
     """Run ``policy`` over the recorded ``trials`` in order; what the search would have chosen."""
     import optuna
 
-    every = max(1, round(policy.every * steps))
-    looks = [s for s in range(every, steps, every)]  # the last step is never pruned (prune_hook)
+    every, looks = policy_looks(policy, steps)
     pruner = policy.make(steps, every)
     study = optuna.create_study(
         study_name="replay", direction="minimize", pruner=pruner or optuna.pruners.NopPruner()
@@ -207,6 +217,11 @@ def score(recordings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     arms = list(recordings[0]["curves"])
     for arm in arms:
         for policy in POLICIES:
+            recorded = (
+                set(recordings[0]["curves"][arm][0]["curve"]) if recordings[0]["curves"][arm] else set()
+            )
+            if not set(policy_looks(policy, recordings[0]["steps"])[1]) <= recorded:
+                continue  # the curves were not validated where this policy looks
             for accounting in ("slot",) if policy.name == "none" else ("slot", "steps"):
                 per = []
                 for rec in recordings:
@@ -242,7 +257,8 @@ def render(res: dict[str, Any]) -> str:
         "",
         f"`{res['command']}` ({res['date']}, {res['machine']}, {res['seconds']:.0f} s; "
         f"{res['repeats']} repeat(s) of every arm's search, {res['steps']} steps per trial, curves "
-        f"validated every {max(1, res['steps'] // LOOKS)} steps). How it is measured: `benchmarks/pruning.py`.",
+        f"validated every {res.get('every', max(1, res['steps'] // LOOKS))} steps). How it is measured: "
+        "`benchmarks/pruning.py`.",
         "",
         "Spent: search steps against B full trials. Same winner: the configuration the unpruned search of "
         "B trials chose. Regret: the chosen configuration's final validation "
@@ -291,6 +307,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--steps", type=int, default=None, help="steps per trial (tiny 24, smollm2 15: budget=quick)"
     )
+    parser.add_argument("--arms", default=",".join(ARMS), help="arms to search, comma-separated")
+    parser.add_argument("--looks", type=int, default=LOOKS, help="validation passes recorded per trial")
+    parser.add_argument(
+        "--extra",
+        type=float,
+        default=EXTRA,
+        help="candidates per arm / its budget (1: no 'steps' accounting)",
+    )
     parser.add_argument("--smoke", action="store_true", help="the test suite's run: tiny, 3 trials, seconds")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -300,8 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = "tiny" if args.smoke else args.model
     steps = args.steps or (6 if args.smoke else 15 if model == "smollm2" else 24)
     started = time.perf_counter()
-    recordings = [record(model, steps, k, args.smoke) for k in range(args.repeats)]
-    plain = gpu.compose(overrides(model, steps, 0, args.smoke))
+    arms = args.arms.split(",")
+    recordings = [
+        record(model, steps, k, args.smoke, arms, args.looks, args.extra) for k in range(args.repeats)
+    ]
+    plain = gpu.compose(overrides(model, steps, 0, args.smoke, arms, args.looks))
     command = "python -m benchmarks pruning " + " ".join(argv if argv is not None else sys.argv[1:])
     res = {
         "model": model,
@@ -310,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": platform.machine(),
         "steps": steps,
         "repeats": args.repeats,
+        "every": recordings[0]["every"],
         "objective": plain["study"]["objective"],
         "recordings": recordings,
         "rows": score(recordings),

@@ -287,7 +287,7 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
         rows.append(row)
     comps = sequential_verdicts(data, stats.holm_family(comps, primary), primary, baseline)
     df = pd.DataFrame(rows).set_index("arm", drop=False)
-    fields = ("diff", "lo", "hi", "lo90", "hi90", "p", "p_adj", "p_seed", "hedges_g", "mde", "tost_p")
+    fields = ("diff", "se", "lo", "hi", "lo90", "hi90", "p", "p_adj", "p_seed", "hedges_g", "mde", "tost_p")
     fields += ("seeds_needed", "df", "ci_level", "sequential")
     for col in (*fields, "status", "verdict"):
         df[f"delta_{col}"] = [getattr(comps[a], col) if a in comps else None for a in df.index]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -329,6 +330,9 @@ class TrialConfig(Schema):
 OBJECTIVES = {"val_loss": "minimize", "val_em": "maximize"}
 
 
+TASK_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # part of the sub-study's name NAME.<task>
+
+
 class StudyConfig(Schema):
     KEY: ClassVar[str] = "study"
     name: str = field(..., "the study; studies/NAME.db, reports/NAME/ and the MLflow experiment NAME")
@@ -368,6 +372,10 @@ class StudyConfig(Schema):
     futility: float = field(
         0.0, "seeds=auto: stop a comparison whose conditional power is below this (0: never)", ge=0, lt=1
     )
+    tasks: list[str | dict[str, Any]] | None = field(
+        None, "several tasks, e.g. [arithmetic_easy, sql, sentiment] or {NAME: {name: file, path: ...}}: every "
+        "arm searched and replicated on each (study NAME.<task>), each arm's effect pooled over them",
+    )  # fmt: skip
     search_repeats: int = field(
         1, "independent searches of every arm (other sampler and search seeds), each best replicated on "
         "seeds of its own: the interval then covers the choice of configuration (1, or 3 and more)", ge=1,
@@ -426,6 +434,41 @@ class StudyConfig(Schema):
         ints = all(isinstance(n, int) and not isinstance(n, bool) for n in looks)
         require(ints and looks == sorted(set(looks)) and looks[0] >= 3, key, looks, reason)
         return looks
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, tasks: Any) -> Any:
+        if tasks is None:
+            return None
+        key = "study.tasks"
+        require(
+            isinstance(tasks, list) and len(tasks) > 0,
+            key,
+            tasks,
+            "a list of data configs (conf/data) or null",
+        )
+        labels = []
+        for t in tasks:
+            if isinstance(t, Mapping):
+                require(
+                    len(t) == 1, key, dict(t), "a task with options is one mapping {NAME: {field: value}}"
+                )
+                label, body = next(iter(t.items()))
+                require(isinstance(body, Mapping), f"{key}.{label}", body, "must be a mapping of data fields")
+            else:
+                label = t
+            require(
+                isinstance(label, str) and bool(TASK_LABEL.match(label)), key, label,
+                "a task is named by letters, digits, _ and - (a data config, or NAME: {...})",
+            )  # fmt: skip
+            labels.append(label)
+        require(len(set(labels)) == len(labels), key, labels, "a task is listed twice")
+        return tasks
+
+    @property
+    def task_labels(self) -> list[str]:
+        """The tasks' names in order (``study.tasks``; empty: one task, the ``data`` group)."""
+        return [t if isinstance(t, str) else next(iter(t)) for t in self.tasks or []]
 
     @model_validator(mode="after")
     def _repeats(self) -> StudyConfig:

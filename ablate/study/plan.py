@@ -58,6 +58,27 @@ def make_plan(plain: Mapping[str, Any], overrides: list[str]) -> Plan:
     )
 
 
+def task_plans(
+    plan: Plan, composed: Mapping[str, Mapping[str, Any]], overrides: list[str]
+) -> dict[str, Plan]:
+    """``study.tasks``: the plan of each task's study ``NAME.<task>`` from its composed config: the
+    study's settings with that task's data, in the study's storage and MLflow experiment, with
+    no report of its own (the study's report covers every task). Empty without tasks."""
+    from ablate.storage import task_study
+
+    out = {}
+    for task in plan.spec.task_labels:
+        plain = copy.deepcopy(dict(composed[task]))
+        study = plain["study"] = dict(plain["study"])
+        study.update(
+            name=task_study(plan.spec.name, task), storage=plan.spec.storage_url, tasks=None, report=False
+        )
+        sub = make_plan(plain, overrides)
+        sub.tracking = sub.tracking.model_copy(update={"experiment": plan.spec.name})
+        out[task] = sub
+    return out
+
+
 def arm_space(plain: Mapping[str, Any], arm: Arm) -> list[Dist]:
     dists = parse_space(plain.get("search") or {}, arm.components, dict(arm.fixed))
     return [d for d in dists if d.name != "lora.r"] if arm.matched else dists  # its rank is derived

@@ -9,6 +9,7 @@ half-written run behind.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -217,6 +218,12 @@ def study_summary(runner: Any, result: dict[str, Any]) -> str:
             f"  {arm.name:<22} test EM {statistics.fmean(ems):.3f}{spread} over {len(ems)} seeds, "
             f"{int(reps[0]['trainable_params']):,} trainable params"
         )
+    verdict = Path(result["report"]) / "verdict.json" if result.get("report") else None
+    if verdict is not None and verdict.is_file():  # what the study found, in the report's words
+        lines.append("  verdict (paired over seeds and test items, 95% CIs):")
+        lines += [
+            f"    - {line}" for line in json.loads(verdict.read_text(encoding="utf-8")).get("lines", [])
+        ]
     if result.get("report"):
         lines.append(f"  report: {result['report']}/report.md (and report.html)")
     if runner.tracking.backend == "mlflow":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import optuna
@@ -79,8 +80,11 @@ def test_default_export_is_the_baseline_as_a_standard_peft_adapter(study_dir, tm
     from peft import PeftModel
 
     out = tmp_path / "winner"
-    code, stdout, err = export(study_dir, monkeypatch, capsys, f"out={out}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, stdout, err = export(study_dir, monkeypatch, capsys, f"out={out}")
     assert code == 0, err
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]  # no library noise
     # tiny models score 0 EM everywhere: no arm beats the baseline, so the baseline is the winner;
     # its seed is the one with the lowest validation loss (the study's objective), never chosen on test
     reps = replicates(study_dir, "lora")
@@ -154,6 +158,7 @@ def test_combination_reloads_with_ablate_load_and_its_card_says_so(study_dir, tm
     em = f"{100 * float(row['em_mean']):.1f} [{100 * float(row['em_lo']):.1f}..{100 * float(row['em_hi']):.1f}]"
     assert f"| test EM, this arm over 2 seed(s) | {em} |" in card
     assert "| Δ test EM vs lora |" in card and "tiny random Llama" in card
+    assert "| data | arithmetic (digits=[2, 2], ops=+-), " in card  # the options that made it arithmetic_easy
     meta = json.loads((out / "ablate.json").read_text())
     assert (
         meta["config"]["peft"]["adapter"]["width"]

@@ -165,6 +165,25 @@ def test_table_has_one_row_per_arm_with_recorded_values(report):
     assert "| baseline " in rows[0]
 
 
+def test_paper_tables_are_the_summary_numbers(report):
+    """table.tex (booktabs) and table.md: one row per arm, the numbers of summary.csv as printed."""
+    s = pd.read_csv(report / "summary.csv").set_index("arm")
+    tex, md = (report / "table.tex").read_text(), (report / "table.md").read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    for arm in s.index:
+        r = s.loc[arm]
+        em = f"{100 * r['em_mean']:.1f} [{100 * r['em_lo']:.1f}, {100 * r['em_hi']:.1f}]"
+        row = next(line for line in tex.splitlines() if line.startswith(arm.replace("_", "\\_") + " & "))
+        assert f"{int(r['trainable_params']):,}" in row and em in row and row.endswith(f"{int(r['seeds'])} \\\\")
+        md_row = next(line for line in md.splitlines() if line.startswith(f"| {arm} |"))
+        assert em in md_row
+        if arm != "lora":
+            diff = f"{100 * r['delta_diff']:+.1f} [{100 * r['delta_lo']:+.1f}, {100 * r['delta_hi']:+.1f}]"
+            decided = r["delta_status"] in ("ok", "constant")
+            word = r["delta_verdict"] if decided else f"no verdict ({r['delta_status'].replace('_', ' ')})"
+            assert diff in row and diff in md_row and f"| {word} |" in md_row
+
+
 def test_interference_table_reads_what_the_study_recorded(report):
     md = (report / "report.md").read_text()
     section = md.split("## Do the methods interfere?")[1].split("## ")[0]

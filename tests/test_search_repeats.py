@@ -48,6 +48,9 @@ def test_three_searches_each_replicated_on_seeds_of_its_own(workdir, capsys):
             assert sorted(map(int, search.user_attrs["replicates"])) == [offset + 1, offset + 2]
             if arm == "lora+adapter":  # the warm start trains on a seed of its search's own
                 assert search.trials[0].user_attrs["search_seed"] == 1_000_000 + 2_000_000 * (r - 1)
+    # optuna-dashboard names the values (not "Objective 0")
+    assert studies["lora_vs_adapter/lora"].metric_names == ["val_loss"]
+    assert studies["lora_vs_adapter/lora/search2/replicate"].metric_names == ["test_em"]
     # the searches differ: another sampler stream (not one search's trials three times)
     params = [
         [t.params for t in studies[f"lora_vs_adapter/lora{s}"].trials] for s in ("", "/search2", "/search3")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import subprocess
@@ -427,6 +428,9 @@ def test_study_writes_a_report_matching_its_recorded_runs(workdir, capsys):
     assert code == 0, err
     report = workdir / "reports" / "lora_vs_adapter"
     assert {"report.md", "report.html", "trials.csv"} <= {p.name for p in report.iterdir()}
+    # the study ends with the report's verdict lines, word for word
+    lines = json.loads((report / "verdict.json").read_text())["lines"]
+    assert lines and all(f"    - {line}" in out for line in lines)
     summary = pd.read_csv(report / "summary.csv").set_index("arm")
     client = MlflowClient(f"sqlite:///{Path.cwd()}/mlflow.db")
     exp = client.get_experiment_by_name("lora_vs_adapter")

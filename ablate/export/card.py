@@ -157,7 +157,7 @@ def model_card(
     lines += [
         f"| train | steps={train.get('steps')}, batch_size={train.get('batch_size')}, seed={train.get('seed')}, "
         f"precision={train.get('precision')} |",
-        f"| data | {data.get('name')}, {data.get('n_train')} train / {data.get('n_validation')} validation / "
+        f"| data | {_task(data)}, {data.get('n_train')} train / {data.get('n_validation')} validation / "
         f"{data.get('n_test')} test, max_length={data.get('max_length')} |",
         "",
         "The full resolved configuration of the run is `config` in `ablate.json`.",
@@ -173,3 +173,12 @@ def model_card(
     lines += _card_metrics(choice, r, m)
     lines += _card_check(meta.get("check") or {})
     return "\n".join(lines) + "\n"
+
+
+def _task(data: dict) -> str:
+    """The task as trained: its name and the options that set it (``arithmetic`` with digits [2, 2]
+    is the ``arithmetic_easy`` config, not the default 2-4 digits), or the file it came from."""
+    options = data.get("task_options") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in options.items())
+    where = data.get("path") or data.get("hf_name")
+    return f"{data.get('name')}" + (f" ({shown})" if shown else "") + (f" from {where}" if where else "")

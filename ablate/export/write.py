@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,9 @@ def _write(
         lora.save_peft(str(staging), LoraConfig.from_dict(trial["peft"]["lora"]), peft_state, base_name)
         from peft import PeftModel
 
-        peft_model = PeftModel.from_pretrained(model, str(staging))
+        with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = PeftModel.from_pretrained(model, str(staging))
         check["peft"] = diff(ref, logits(peft_model))
         if merge:
             merged = peft_model.merge_and_unload()

@@ -28,7 +28,7 @@ def build_report(
 ) -> Path:
     """Rebuild the report of ``study`` from ``storage`` (+ MLflow at ``tracking_uri``) into ``out_dir``."""
     # Heavy imports (pandas, scipy, matplotlib) only when a report is actually built.
-    from ablate.report import figures, render
+    from ablate.report import figures, paper, render
     from ablate.report.collect import collect
     from ablate.report.summary import display_table, summarise
 
@@ -49,6 +49,8 @@ def build_report(
     data.replicates.to_csv(out_dir / "replicates.csv", index=False)
     data.items.to_csv(out_dir / "items.csv", index=False)
     summary.numbers.to_csv(out_dir / "summary.csv", index=False)
+    (out_dir / "table.tex").write_text(paper.latex(summary, study), encoding="utf-8")  # booktabs, for a paper
+    (out_dir / "table.md").write_text(paper.markdown(summary), encoding="utf-8")  # compact, for a README
     verdict = {"study": study, "baseline": summary.baseline, "alpha": alpha, "sesoi": summary.sesoi}
     verdict |= {"primary": summary.primary, "lines": summary.verdict}  # what `describe_study` shows in MLflow
     (out_dir / "verdict.json").write_text(json.dumps(verdict, indent=2), encoding="utf-8")

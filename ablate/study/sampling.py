@@ -76,7 +76,7 @@ def arm_study(
 
     name = f"{spec.name}/{arm.name}{search_suffix(repeat)}"
     if suffix:  # replication: trials are enqueued seeds, nothing is sampled or pruned
-        return optuna.create_study(
+        reps = optuna.create_study(
             study_name=f"{name}{suffix}",
             storage=storage,
             load_if_exists=True,
@@ -84,6 +84,8 @@ def arm_study(
             sampler=optuna.samplers.RandomSampler(seed=0),
             pruner=optuna.pruners.NopPruner(),
         )
+        _name_metrics(reps, ["test_em"])
+        return reps
     study = optuna.create_study(
         study_name=name,
         storage=storage,
@@ -111,4 +113,15 @@ def arm_study(
     for k, v in attrs.items():
         if study.user_attrs.get(k) != v:
             study.set_user_attr(k, v)
+    _name_metrics(study, attrs["objective"] if isinstance(attrs["objective"], list) else [attrs["objective"]])
     return study
+
+
+def _name_metrics(study: Any, names: list[str]) -> None:
+    """What optuna-dashboard shows for the values ("val_loss", not "Objective 0"); written once."""
+    import warnings
+
+    if study.metric_names != names:
+        with warnings.catch_warnings():  # Optuna marks set_metric_names experimental
+            warnings.simplefilter("ignore")
+            study.set_metric_names(names)

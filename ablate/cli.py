@@ -26,7 +26,7 @@ from ablate.components import COMPONENTS
 from ablate.errors import ConfigError, redact
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-COMMANDS = ("train", "study", "report", "worker", "export")  # ablate.help.COMMANDS describes each
+COMMANDS = ("train", "study", "report", "worker", "export", "compare")  # ablate.help.COMMANDS describes each
 EXPORT_KEYS = ("arm", "seed", "out", "merge", "overwrite")  # `ablate export arm=X` means export.arm=X
 DEFAULT_ARM = ("lora", "adapter")
 _OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[\w.@/-]+)=(?P<value>.*)$")
@@ -366,6 +366,15 @@ def main(argv: list[str] | None = None) -> None:
         command = args.pop(0)
     else:
         command = "study" if any(a.split("=", 1)[0] == "study" for a in args) else "train"
+    if command == "compare":  # no study and no Hydra config: its own key=value arguments
+        from ablate.commands import compare_command
+
+        try:
+            compare_command(args)
+        except ConfigError as err:
+            print(err.one_line(), file=sys.stderr)
+            sys.exit(2)
+        return
     if command == "export":
         args = [f"export.{a}" if a.split("=", 1)[0] in EXPORT_KEYS else a for a in args]
     if "--help" in args or "-h" in args:

@@ -293,3 +293,80 @@ def export_command(job: Job) -> str:
     done = export(spec.name, spec.storage_url, uri, opts, baseline=spec.baseline, question=spec.description)
     print(done.summary())
     return str(done.out)
+
+
+COMPARE_KEYS = (
+    "baseline",
+    "table",
+    "lm_eval",
+    "metric",
+    "filter",
+    "task",
+    "sesoi",
+    "alpha",
+    "primary",
+    "out",
+    "name",
+)
+
+
+def compare_command(args: list[str]) -> str:
+    """``ablate compare baseline=ARM (table=FILE | lm_eval=DIR) [metric=M] ...``: the verdict table,
+    intervals, variance split and Holm over the primary family on results made elsewhere, written
+    as a study's report (``reports/NAME/``, default ``reports/compare``)."""
+    from ablate.preflight import check_name
+    from ablate.report import external as X
+    from ablate.report import write_report
+
+    opts: dict[str, str] = {}
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if not eq or key not in COMPARE_KEYS:
+            raise ConfigError(
+                key or arg, value, f"not an argument of ablate compare (one of {', '.join(COMPARE_KEYS)}=...)"
+            )
+        opts[key] = value
+    if "baseline" not in opts:
+        raise ConfigError("baseline", None, "name the baseline arm, e.g. baseline=lora")
+    if ("table" in opts) == ("lm_eval" in opts):
+        raise ConfigError(
+            "table",
+            opts.get("table"),
+            "give exactly one input: table=FILE (arm, seed, item, score) or lm_eval=DIR",
+        )
+    sesoi, alpha = _fraction(opts, "sesoi", 0.02), _fraction(opts, "alpha", 0.05)
+    if "table" in opts:
+        df = X.read_table(opts["table"])
+    else:
+        if "metric" not in opts:
+            raise ConfigError(
+                "metric", None, "name the lm-eval metric to compare, e.g. metric=exact_match or metric=acc"
+            )
+        df = X.read_lm_eval(opts["lm_eval"], opts["metric"], opts.get("filter"), opts.get("task"))
+    df = X.check(df, opts["baseline"])
+    primary = (
+        [a for a in opts["primary"].strip("[]").replace(" ", "").split(",") if a]
+        if "primary" in opts
+        else None
+    )
+    name = opts.get("name", "compare")
+    check_name("name", name)
+    data = X.study_data(df, name, opts["baseline"], primary)
+    out = write_report(name, data, Path(opts.get("out", f"reports/{name}")), opts["baseline"], alpha, sesoi)
+    print(
+        f"baseline {opts['baseline']}: {df['arm'].nunique() - 1} arm(s) compared over {df['seed'].nunique()} seed(s) x {df['item'].nunique()} item(s)"
+    )
+    for line in json.loads((out / "verdict.json").read_text(encoding="utf-8"))["lines"]:
+        print(f"  - {line}")
+    print(f"report: {out}/report.md (and report.html)")
+    return str(out)
+
+
+def _fraction(opts: dict[str, str], key: str, default: float) -> float:
+    try:
+        value = float(opts.get(key, default))
+    except ValueError:
+        raise ConfigError(key, opts[key], "must be a number between 0 and 1") from None
+    if not 0 < value < 1:
+        raise ConfigError(key, opts[key], "must be a number between 0 and 1")
+    return value

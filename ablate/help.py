@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "the winning arm's trained components, loadable with peft (LoRA) or ablate.load",
         "ablate export study=lora_vs_adapter out=exports/winner",
     ),
+    "compare": (
+        "the verdict on per-item results made elsewhere (lm-eval --log_samples, or arm/seed/item/score tables)",
+        "ablate compare lm_eval=runs/ metric=exact_match baseline=lora",
+    ),
 }
 
 #: the groups each command reads, with their schema (a component's fields: ``peft.<name>``)

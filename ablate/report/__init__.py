@@ -28,9 +28,7 @@ def build_report(
 ) -> Path:
     """Rebuild the report of ``study`` from ``storage`` (+ MLflow at ``tracking_uri``) into ``out_dir``."""
     # Heavy imports (pandas, scipy, matplotlib) only when a report is actually built.
-    from ablate.report import figures, paper, render
     from ablate.report.collect import collect
-    from ablate.report.summary import display_table, summarise
 
     if not 0 < alpha < 1:
         raise ConfigError("alpha", alpha, "must be between 0 and 1")
@@ -39,7 +37,17 @@ def build_report(
         raise ConfigError(
             "baseline", baseline, f"no such arm in study {study!r} (arms: {list(data.arms.index)})"
         )
-    summary = summarise(data, baseline, alpha)
+    return write_report(study, data, out_dir, baseline, alpha)
+
+
+def write_report(
+    study: str, data, out_dir: Path, baseline: str = BASE, alpha: float = 0.05, sesoi: float | None = None
+) -> Path:
+    """The report files of ``data`` (a recorded study's, or results made elsewhere: ``ablate.report.external``)."""
+    from ablate.report import figures, paper, render
+    from ablate.report.summary import display_table, summarise
+
+    summary = summarise(data, baseline, alpha, sesoi)
     table = display_table(summary)
 
     out_dir = Path(out_dir)
@@ -70,4 +78,4 @@ def find_study_run(tracking_uri: str, study: str) -> str | None:
     return _find(tracking_uri, study)
 
 
-__all__ = ["REPORT_ARTIFACT_PATH", "build_report", "find_study_run"]
+__all__ = ["REPORT_ARTIFACT_PATH", "build_report", "find_study_run", "write_report"]

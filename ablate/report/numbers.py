@@ -123,7 +123,10 @@ def primary_family(arms: pd.DataFrame, baseline: str) -> list[str]:
     """The questions the study was designed to ask, against the baseline, fixed by the design and
     not by the data: each LoRA+X (or LoRA on another base), and each named variant arm (an arm with
     fixed fields: ``mam``, a serial or parallel adapter), which a study lists for its own sake.
-    The factorial's X-alone arms and matched-lora are controls: secondary."""
+    The factorial's X-alone arms and matched-lora are controls: secondary. Results made elsewhere
+    (``ablate compare``) state their family in a ``primary`` column."""
+    if "primary" in arms:
+        return [a for a in order_arms(arms, baseline) if a != baseline and bool(arms.loc[a, "primary"])]
     fixed = arms["fixed"] if "fixed" in arms else pd.Series({a: {} for a in arms.index})
     return [
         a

@@ -193,7 +193,9 @@ def _failure_text(data: StudyData, arm: str) -> str:
 def verdict(data: StudyData, s: Summary) -> list[str]:
     numbers, baseline = s.numbers, s.baseline
     base = numbers.loc[baseline]
-    label = "LoRA-only" if baseline == "lora" else baseline
+    elsewhere = "primary" in data.arms  # results made elsewhere (ablate compare): the family was given
+    label = "LoRA-only" if baseline == "lora" and not elsewhere else baseline
+    family = "the arms given as primary" if elsewhere else "each LoRA arm"
     if base["seeds"] == 0:
         head = f"Baseline {baseline}: no replicate seeds recorded yet."
     else:
@@ -270,7 +272,7 @@ def verdict(data: StudyData, s: Summary) -> list[str]:
             f"{', '.join(map(str, d['looks']))} seeds ({SPENDING_NAMES[d['spending']]})"
         )
     lines.append(
-        f"Primary family (fixed by the design: each LoRA arm vs {label}, {how}, "
+        f"Primary family (fixed by the design: {family} vs {label}, {how}, "
         f"{len(s.primary)} comparison(s)): " + (summary or "empty") + "."
     )
     if s.sequential:

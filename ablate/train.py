@@ -28,6 +28,7 @@ import torch
 from ablate import signals
 from ablate.components.stack import Stack
 from ablate.device import autocast_for
+from ablate.errors import ConfigError
 from ablate.metrics import forward_logits, token_loss_sum
 from ablate.schema import TrainConfig
 
@@ -74,6 +75,26 @@ def cosine_with_warmup(steps: int, warmup_ratio: float) -> Callable[[int], float
     return factor
 
 
+#: train.optimizer -> the bitsandbytes class of QLoRA's paged optimizers (Dettmers et al. 2023: optimizer
+#: states in paged memory, evicted to the host when a long sequence spikes GPU memory)
+PAGED = {"paged_adamw_8bit": "PagedAdamW8bit", "paged_adamw_32bit": "PagedAdamW32bit"}
+
+
+def make_optimizer(groups: list[dict[str, Any]], name: str) -> torch.optim.Optimizer:
+    """AdamW over the per-component groups (each its own learning rate), or its paged variant."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups)
+    try:
+        import bitsandbytes as bnb
+
+        cls = getattr(bnb.optim, PAGED[name])
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            "train.optimizer", name, f"needs bitsandbytes with paged optimizers ({type(exc).__name__}: {exc})"
+        ) from None
+    return cls(groups)
+
+
 def train(
     model: torch.nn.Module,
     stack: Stack,
@@ -93,7 +114,7 @@ def train(
     """
     groups = stack.param_groups()
     params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups)
+    optimizer = make_optimizer(groups, cfg.optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.steps, cfg.warmup_ratio))
     autocast = autocast_for(device, cfg.precision)
     result = TrainResult()

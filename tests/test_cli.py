@@ -37,6 +37,37 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.parametrize("name", ["adamw", "paged_adamw_8bit", "paged_adamw_32bit"])
+def test_each_optimizer_descends_and_is_recorded(workdir, capsys, name):
+    """train.optimizer: AdamW or QLoRA's paged AdamW (bitsandbytes); the loss of a least-squares
+    problem falls under each, and a QLoRA run records which one it used."""
+    import torch
+
+    from ablate.train import PAGED, make_optimizer
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.zeros(64, 64))
+    x, y = torch.randn(256, 64), torch.randn(256, 64)
+    opt = make_optimizer([{"params": [w], "lr": 1e-2}], name)
+    assert type(opt).__name__ == PAGED.get(name, "AdamW")
+    losses = []
+    for _ in range(20):
+        loss = ((x @ w - y) ** 2).mean()
+        losses.append(float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.95 * losses[0], losses
+    if name == "paged_adamw_8bit":  # end to end: a QLoRA run on the 4-bit base, recorded per run
+        code, out, err = run_cli(["train", *TINY, "peft=lora", "quant=nf4", f"train.optimizer={name}"], capsys)
+        assert code == 0, err
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{Path.cwd()}/mlflow.db")
+        run = client.search_runs([client.get_experiment_by_name("ablate-train").experiment_id])[0]
+        assert run.data.params["train.optimizer"] == name
+
+
 def test_train_records_one_mlflow_run(workdir, capsys):
     code, out, _ = run_cli(["train", *TINY, "peft=lora+adapter", "quant=nf4", "peft.lora.r=4"], capsys)
     assert code == 0

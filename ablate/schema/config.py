@@ -257,6 +257,10 @@ class TrainConfig(Schema):
     precision: Literal["auto", "fp32", "bf16"] = field(
         "auto", "auto: bf16 autocast on GPUs and on CPUs with native bf16 (avx512_bf16, AMX), else fp32"
     )
+    optimizer: Literal["adamw", "paged_adamw_8bit", "paged_adamw_32bit"] = field(
+        "adamw",
+        "AdamW, or QLoRA's paged AdamW (bitsandbytes: 8-bit or 32-bit states, paged to the host on GPU)",
+    )
     seed: int = field(0, "seed of initialisation, data order and dropout")
     progress: bool = field(True, "a step bar on stderr")
     fault: FaultConfig = pydantic.Field(default_factory=FaultConfig, description="fault injection, all off")

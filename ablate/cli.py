@@ -26,7 +26,15 @@ from ablate.components import COMPONENTS
 from ablate.errors import ConfigError, redact
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-COMMANDS = ("train", "study", "report", "worker", "export", "compare")  # ablate.help.COMMANDS describes each
+COMMANDS = (
+    "train",
+    "study",
+    "report",
+    "worker",
+    "export",
+    "compare",
+    "bundle",
+)  # ablate.help.COMMANDS describes each
 EXPORT_KEYS = ("arm", "seed", "out", "merge", "overwrite")  # `ablate export arm=X` means export.arm=X
 DEFAULT_ARM = ("lora", "adapter")
 _OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[\w.@/-]+)=(?P<value>.*)$")
@@ -375,7 +383,23 @@ def main(argv: list[str] | None = None) -> None:
             print(err.one_line(), file=sys.stderr)
             sys.exit(2)
         return
-    if command == "export":
+    if command == "report" and any(a.startswith("bundle=") for a in args):  # a bundle carries its study
+        from ablate.bundle import rebuild
+
+        opts = dict(a.split("=", 1) for a in args if "=" in a)
+        try:
+            extra = sorted(set(opts) - {"bundle", "out"})
+            if extra:
+                raise ConfigError(
+                    extra[0], opts[extra[0]], "ablate report bundle=FILE takes only out=DIR beside it"
+                )
+            out = rebuild(opts["bundle"], Path(opts["out"]) if "out" in opts else None)
+        except ConfigError as err:
+            print(err.one_line(), file=sys.stderr)
+            sys.exit(2)
+        print(f"report: {out}/report.md (and report.html), rebuilt from {opts['bundle']}")
+        return
+    if command in ("export", "bundle"):
         args = [f"export.{a}" if a.split("=", 1)[0] in EXPORT_KEYS else a for a in args]
     if "--help" in args or "-h" in args:
         print_help(

@@ -63,7 +63,7 @@ def prepare(
             command, plain, list(overrides), config, plan=plan, tasks=task_plans(plan, tasks or {}, overrides)
         )
     study = StudyConfig.from_dict(plain.get("study"))
-    export = ExportConfig.from_dict(plain.get("export")) if command == "export" else None
+    export = ExportConfig.from_dict(plain.get("export")) if command in ("export", "bundle") else None
     tracking = TrackingConfig.from_dict(plain.get("tracking"))
     return Job(command, plain, list(overrides), config, study=study, tracking=tracking, export=export)
 
@@ -75,6 +75,7 @@ def run(job: Job) -> Any:
         "worker": study_command,  # a worker is a study process sharing storage with others
         "report": report_command,
         "export": export_command,
+        "bundle": bundle_command,
     }[job.command](job)
 
 
@@ -278,6 +279,20 @@ def report_command(job: Job) -> str:
 
         describe_study(uri, spec.name, spec.description, out)
     print(f"report: {out}/report.md (and report.html)")
+    return str(out)
+
+
+def bundle_command(job: Job) -> str:
+    """``ablate bundle study=NAME out=FILE.tar.gz``: the study's storage copy, report, plan, versions and
+    data hashes in one archive (``ablate.bundle``); ``ablate report bundle=FILE`` rebuilds the verdict."""
+    from ablate.bundle import write_bundle
+    from ablate.storage import check_storage
+
+    spec, opts = job.study, job.export
+    assert spec is not None and opts is not None and opts.out is not None
+    check_storage(spec.storage_url)
+    out = write_bundle(spec.name, spec.storage_url, Path(opts.out), spec.baseline)
+    print(f"bundle: {out} (rebuild anywhere: ablate report bundle={out})")
     return str(out)
 
 

@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "the winning arm's trained components, loadable with peft (LoRA) or ablate.load",
         "ablate export study=lora_vs_adapter out=exports/winner",
     ),
+    "bundle": (
+        "one .tar.gz a reviewer can re-check: the study's storage, plan, versions, data hashes and report",
+        "ablate bundle study=lora_vs_adapter out=lora_vs_adapter.tar.gz  (then: ablate report bundle=FILE)",
+    ),
     "compare": (
         "the verdict on per-item results made elsewhere (lm-eval --log_samples, or arm/seed/item/score tables)",
         "ablate compare lm_eval=runs/ metric=exact_match baseline=lora",

@@ -1,0 +1,151 @@
+"""A study in one file a reviewer can re-check: ``ablate bundle study=NAME out=FILE``, and
+``ablate report bundle=FILE`` to rebuild its verdict on another machine.
+
+The archive (``.tar.gz``) holds:
+
+- ``study.db``: every Optuna study of ``NAME`` (arms, replications, per-item records, the recorded
+  plan, the design's looks) copied into SQLite with Optuna's own ``copy_study``, from SQLite or
+  PostgreSQL alike;
+- ``report/``: the report built from that copy (``summary.csv``, ``items.csv``, ``report.md``, ...);
+- ``manifest.json``: the study, its baseline, the recorded plan (the resolved configuration of every
+  arm's search), the versions of the packages that made it, and a SHA-256 of every data split the
+  plan's data configuration draws (generated tasks are regenerated from their seed; files are
+  hashed as they are).
+
+Rebuilding reads ``study.db`` alone: no MLflow, no original storage, no torch (the report never
+imports it), so ``summary.csv`` comes out identical; learning curves, which live in MLflow, are the
+one part a bundle does not carry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ablate.errors import ConfigError, redact, require
+
+PACKAGES = ("ablate", "optuna", "numpy", "pandas", "scipy", "statsmodels", "torch", "transformers", "peft")
+PACKAGES += ("bitsandbytes", "mlflow", "hydra-core")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def split_hashes(data: dict[str, Any]) -> dict[str, str]:
+    """SHA-256 of each split the data configuration draws (built-in tasks regenerated, files read)."""
+    from ablate.data.tasks import TASKS, generate_splits
+
+    name = data.get("name")
+    if name in TASKS:
+        splits = generate_splits(
+            name,
+            data["n_train"],
+            data["n_validation"],
+            data["n_test"],
+            data["seed"],
+            data.get("task_options"),
+        )
+        return {
+            split: hashlib.sha256(json.dumps([[e.prompt, e.response] for e in examples]).encode()).hexdigest()
+            for split, examples in splits.items()
+        }
+    out = {}
+    for key in ("path", "validation_path", "test_path"):
+        if data.get(key) and Path(data[key]).is_file():
+            out[key] = hashlib.sha256(Path(data[key]).read_bytes()).hexdigest()
+    return out or {"note": f"data={name}: not hashed (a Hugging Face dataset carries its own fingerprint)"}
+
+
+def _plan_data(plan: dict[str, Any]) -> dict[str, Any]:
+    """The data configuration a recorded (flat ``key: value``) plan holds."""
+    data: dict[str, Any] = {}
+    for key, value in plan.items():
+        if key.startswith("data.") and not key.endswith(".sha256"):
+            parts = key.split(".")[1:]
+            node = data
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = value
+    return data
+
+
+def write_bundle(study: str, storage: str, out: Path, baseline: str) -> Path:
+    """``out`` (a ``.tar.gz``): the study's storage copy, its report and the manifest."""
+    import optuna
+
+    from ablate.report import build_report
+    from ablate.report.collect import open_storage
+
+    out = Path(out)
+    require(
+        out.name.endswith(".tar.gz"),
+        "out",
+        str(out),
+        "a bundle is a .tar.gz file, e.g. out=lora_vs_adapter.tar.gz",
+    )
+    require(not out.is_dir(), "out", str(out), "is a directory: name the .tar.gz file to write")
+    source = open_storage(storage, study)
+    names = [n for n in optuna.study.get_all_study_names(storage=source) if n.startswith(f"{study}/")]
+    require(bool(names), "study", study, f"not in storage {redact(storage)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "bundle"
+        root.mkdir()
+        copy = f"sqlite:///{root / 'study.db'}"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        for name in names:
+            optuna.copy_study(from_study_name=name, from_storage=source, to_storage=copy)
+        build_report(study, copy, None, root / "report", baseline=baseline)
+        base = optuna.load_study(study_name=f"{study}/{baseline}", storage=copy)
+        plan = base.user_attrs.get("plan") or {}
+        manifest = {
+            "study": study,
+            "baseline": baseline,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "storage": redact(storage),
+            "studies": names,
+            "versions": versions(),
+            "plan": plan,
+            "data_splits_sha256": split_hashes(_plan_data(plan)) if plan else {},
+        }
+        (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(root, arcname=study)
+        partial.replace(out)  # a bundle is written whole or not at all
+    return out
+
+
+def rebuild(bundle: str, out_dir: Path | None = None) -> Path:
+    """``ablate report bundle=FILE``: the report rebuilt from the bundle's storage copy alone."""
+    from ablate.report import build_report
+
+    path = Path(bundle)
+    require(path.is_file(), "bundle", bundle, "no such file")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise ConfigError("bundle", bundle, f"not a bundle written by ablate bundle ({exc})") from None
+        found = list(Path(tmp).glob("*/manifest.json"))
+        require(
+            len(found) == 1, "bundle", bundle, "holds no manifest.json: not a bundle written by ablate bundle"
+        )
+        manifest = json.loads(found[0].read_text(encoding="utf-8"))
+        study, root = manifest["study"], found[0].parent
+        out = Path(out_dir) if out_dir is not None else Path("reports") / study
+        return build_report(study, f"sqlite:///{root / 'study.db'}", None, out, baseline=manifest["baseline"])

@@ -180,8 +180,10 @@ class Replication:
 
         def prepare(trial: Trial) -> TrialConfig:
             seed = int(trial.suggest_int("seed", 1, self.offset + self.ctx.spec.seed_cap))
-            # the baseline's replicates also score the bare base: the interaction's zero-shot term
-            evals = {"zero_shot": arm.role == "baseline" and suffix.startswith("/replicate")}
+            # the baseline's first replicate also scores the bare base (the interaction's zero-shot
+            # term): the bare base is deterministic, so once per study, not once per seed and arm
+            first = arm.role == "baseline" and suffix.startswith("/replicate") and seed == 1
+            evals = {"zero_shot": first}
             return self.ctx.bench.config(arm, values, seed=seed, run=("replicate", None), evals=evals)
 
         def work(trial: Trial, cfg: TrialConfig) -> Done:

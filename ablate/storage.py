@@ -71,7 +71,7 @@ def search_suffix(repeat: int) -> str:
 
 def search_of(seed: int) -> int:
     """Which search (1-based) a replicate seed belongs to (``SEARCH_SEED_STRIDE``)."""
-    return (int(seed) - 1) // SEARCH_SEED_STRIDE + 1
+    return max(int(seed) - 1, 0) // SEARCH_SEED_STRIDE + 1  # seed 0 (a table made elsewhere): the first
 
 
 def lora_alone_suffix(attrs: Mapping[str, Any]) -> str:

@@ -59,7 +59,9 @@ def test_each_optimizer_descends_and_is_recorded(workdir, capsys, name):
         opt.step()
     assert losses[-1] < 0.95 * losses[0], losses
     if name == "paged_adamw_8bit":  # end to end: a QLoRA run on the 4-bit base, recorded per run
-        code, out, err = run_cli(["train", *TINY, "peft=lora", "quant=nf4", f"train.optimizer={name}"], capsys)
+        code, out, err = run_cli(
+            ["train", *TINY, "peft=lora", "quant=nf4", f"train.optimizer={name}"], capsys
+        )
         assert code == 0, err
         from mlflow import MlflowClient
 

@@ -174,7 +174,9 @@ def test_paper_tables_are_the_summary_numbers(report):
         r = s.loc[arm]
         em = f"{100 * r['em_mean']:.1f} [{100 * r['em_lo']:.1f}, {100 * r['em_hi']:.1f}]"
         row = next(line for line in tex.splitlines() if line.startswith(arm.replace("_", "\\_") + " & "))
-        assert f"{int(r['trainable_params']):,}" in row and em in row and row.endswith(f"{int(r['seeds'])} \\\\")
+        assert (
+            f"{int(r['trainable_params']):,}" in row and em in row and row.endswith(f"{int(r['seeds'])} \\\\")
+        )
         md_row = next(line for line in md.splitlines() if line.startswith(f"| {arm} |"))
         assert em in md_row
         if arm != "lora":

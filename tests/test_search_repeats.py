@@ -21,7 +21,10 @@ def test_by_search_averages_the_seeds_of_each_search():
     got = N.by_search(m)
     assert list(got.index) == [1, 2, 3] and [search_of(s) for s in seeds] == [1, 1, 2, 2, 3, 3]
     assert got.to_numpy().tolist() == [[1.0, 2.0], [5.0, 6.0], [9.0, 10.0]]
-    assert N.by_search(m.iloc[:2]) is not None and N.by_search(m.iloc[:2]).shape == (2, 2)  # one search
+    assert N.by_search(m.iloc[:2]).shape == (2, 2)  # one search: the seeds are the rows
+    # a study recorded without search repeats (or results made elsewhere) never groups: its seeds
+    # are any numbers (0, 42, 20001), not search ids
+    assert N.by_search(m, searches=False).shape == (6, 2) and search_of(0) == 1
 
 
 @pytest.fixture

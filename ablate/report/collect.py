@@ -43,6 +43,8 @@ class StudyData:
     failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILURE_COLUMNS))
     #: study.capacity_levels: arm, level, seed, test_em, trainable_params (level 1 = the replicates)
     capacity: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CAPACITY_COLUMNS))
+    #: study.search_repeats > 1 was recorded: a seed names its search, and comparisons have a row per search
+    searches: bool = False
 
 
 def open_storage(url: str, study: str) -> Any:
@@ -367,12 +369,14 @@ def collect(study: str, storage: str, tracking_uri: str | None) -> StudyData:
     """Everything the report reads: ``storage`` (a URL, opened once) and MLflow at ``tracking_uri``."""
     store = open_storage(storage, study)
     studies = load_studies(study, store)
+    searches = {a: search_studies(study, store, a) for a in studies}
     data = StudyData(
         name=study,
         arms=arms_frame(studies),
         trials=trials_frame(studies),
-        replicates=replicates_frame(studies, {a: search_studies(study, store, a) for a in studies}),
+        replicates=replicates_frame(studies, searches),
         studies=studies,
+        searches=any(searches.values()),
     )
     data.items = items_frame(study, store, list(studies), studies)
     data.failures = failures_frame(study, store, list(studies), studies)

@@ -109,7 +109,9 @@ def matched_to(arms: pd.DataFrame, arm: str) -> str | None:
 
 def searches_of(data: StudyData) -> int:
     """How many independent searches of an arm have recorded replicates (``study.search_repeats``)."""
-    return max((search_of(s) for s in data.replicates["seed"]), default=1) if len(data.replicates) else 1
+    if not data.searches or not len(data.replicates):
+        return 1
+    return max((search_of(s) for s in data.replicates["seed"]), default=1)
 
 
 def order_arms(arms: pd.DataFrame, baseline: str) -> list[str]:
@@ -175,19 +177,23 @@ def matrix(data: StudyData, arm: str, col: str = "correct") -> pd.DataFrame:
     return m.sort_index()
 
 
-def by_search(m: pd.DataFrame) -> pd.DataFrame:
+def by_search(m: pd.DataFrame, searches: bool = True) -> pd.DataFrame:
     """``study.search_repeats``: one row per search, the mean of its seeds (a seed names its search,
     ``ablate.storage.search_of``), so that the rows are independent draws of the whole procedure:
     search, pick, train. Seeds of one search share its configuration: as rows of their own they
     would count that one choice as many (the harness measured their interval covering 88.5-94.5% where
-    the choice matters, ``benchmarks/results/calibration.md``). One search: ``m`` as it is."""
-    searches = pd.Index([search_of(s) for s in m.index], name="search")
-    if searches.nunique() < 2:
+    the choice matters, ``benchmarks/results/calibration.md``). One search, or ``searches`` False
+    (a study recorded without search repeats, results made elsewhere: their seeds are any numbers):
+    ``m`` as it is."""
+    if not searches:
         return m
-    return m.groupby(searches).mean()  # an Index, not a list: a list would name columns
+    index = pd.Index([search_of(s) for s in m.index], name="search")
+    if index.nunique() < 2:
+        return m
+    return m.groupby(index).mean()  # an Index, not a list: a list would name columns
 
 
-def aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def aligned(a: pd.DataFrame, b: pd.DataFrame, searches: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The seeds and items present in both (per-item vs seed-only records fall back to seed means),
     paired by seed, then (several searches) one row per search (:func:`by_search`)."""
     if (a.shape[1] == 1) != (b.shape[1] == 1):
@@ -196,13 +202,13 @@ def aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     items = a.columns.intersection(b.columns)
     a, b = a.loc[seeds, items], b.loc[seeds, items]
     keep = a.notna().all(axis=1) & b.notna().all(axis=1)
-    a, b = by_search(a[keep]), by_search(b[keep])
+    a, b = by_search(a[keep], searches), by_search(b[keep], searches)
     return a.to_numpy(dtype=float), b.to_numpy(dtype=float)
 
 
 def compare_arms(data: StudyData, arm: str, base: str, metric: str, sesoi: float, alpha: float):
     col = "correct" if metric == "em" else "loss"
-    a, b = aligned(matrix(data, arm, col), matrix(data, base, col))
+    a, b = aligned(matrix(data, arm, col), matrix(data, base, col), data.searches)
     return stats.compare(a, b, metric=metric, sesoi=sesoi, alpha=alpha)
 
 
@@ -229,7 +235,7 @@ def interaction(
     items = mats[0].columns.intersection(mats[1].columns).intersection(mats[2].columns)
     if len(seeds) == 0 or len(items) == 0:
         return None
-    lx, lo, xo = (by_search(m.loc[seeds, items]).to_numpy(dtype=float) for m in mats)
+    lx, lo, xo = (by_search(m.loc[seeds, items], data.searches).to_numpy(dtype=float) for m in mats)
     if np.isnan(lx).any() or np.isnan(lo).any() or np.isnan(xo).any():
         return None
     vs_single = stats.compare(lx, xo, metric="em", sesoi=sesoi, alpha=alpha)
@@ -265,8 +271,8 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
     for arm in order_arms(data.arms, baseline):
         rep = reps[reps["arm"] == arm]
         em, loss = matrix(data, arm), matrix(data, arm, "loss")
-        em_iv = stats.interval(by_search(em.dropna()).to_numpy(dtype=float))  # (mean, lo, hi)
-        loss_iv = stats.interval(by_search(loss.dropna()).to_numpy(dtype=float))
+        em_iv = stats.interval(by_search(em.dropna(), data.searches).to_numpy(dtype=float))  # (mean, lo, hi)
+        loss_iv = stats.interval(by_search(loss.dropna(), data.searches).to_numpy(dtype=float))
         costs = {c: _mean(rep, c) for c in COSTS}
         row: dict[str, Any] = {
             "arm": arm,

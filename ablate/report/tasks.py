@@ -14,7 +14,9 @@ standard error to weigh it by and is left out of that arm's pool, said per arm.
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import math
 from pathlib import Path
 
@@ -181,8 +183,6 @@ def build_task_report(
         build_report(
             task_study(study, task), storage, tracking_uri, out_dir / task, baseline=baseline, alpha=alpha
         )
-        import json
-
         sesoi = json.loads((out_dir / task / "verdict.json").read_text())["sesoi"]
     rows = per_task(study, tasks, out_dir)
     pool = pooled(rows, sesoi, alpha)
@@ -216,8 +216,6 @@ def build_task_report(
         pool_table.to_html(index=False, border=0, table_id="pooled"),
     ]
     if fig is not None:
-        import base64
-
         data = base64.b64encode(fig.read_bytes()).decode("ascii")
         page.append(
             f"<h2>Effect per task and arm</h2><img alt='task x arm' src='data:image/png;base64,{data}'>"

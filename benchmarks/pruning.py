@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ablate.study.sampling import KEEP_PERCENTILE
 from benchmarks import gpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -81,11 +82,12 @@ def _hyperband(steps: int, every: int) -> Any:
 
 POLICIES = [
     Policy("none", 1.0, lambda s, e: None),
-    # today's default: MedianPruner(n_startup_trials=2, n_warmup_steps=eval_every), eval_every 20 of 30
-    Policy("median @2/3 (today)", 2 / 3, _median(2 / 3)),
+    # the default before 2026-12-07: MedianPruner(n_startup_trials=2, n_warmup_steps=eval_every), 20 of 30
+    Policy("median @2/3 (old default)", 2 / 3, _median(2 / 3)),
     Policy("median @1/3,2/3", 1 / 3, _median(1 / 3)),
     Policy("median from 1/2, every 1/6", 1 / 6, _median(1 / 2)),
-    Policy("keep top 75% @1/3,2/3", 1 / 3, _percentile(75.0)),
+    # the default since (study.pruner=percentile, ablate.study.sampling.KEEP_PERCENTILE)
+    Policy("keep top 75% @1/3,2/3 (default)", 1 / 3, _percentile(KEEP_PERCENTILE)),
     Policy("hyperband, every 1/6", 1 / 6, _hyperband),
 ]
 

@@ -219,7 +219,7 @@ def test_pruning_cuts_the_steps_spent(workdir, capsys):
     ]
     common += ["train.steps=12", "train.eval_every=2", "search.lora.lr.low=1e-6", "search.lora.lr.high=1e-1"]
     spent = {}
-    for pruner in ("none", "median"):
+    for pruner in ("none", "median", "percentile"):
         name = f"prune_{pruner}"
         code, _, err = run_cli(
             ["study=lora_vs_prompt", f"study.name={name}", f"study.pruner={pruner}", *common], capsys
@@ -240,7 +240,12 @@ def test_pruning_cuts_the_steps_spent(workdir, capsys):
                 for t in trials
                 if t.state == TrialState.PRUNED
             )
-    assert spent["median"] < spent["none"]
+        if pruner == "percentile":  # validated at thirds (4, 8, 12), not at train.eval_every=2
+            assert {
+                tuple(sorted(t.intermediate_values)) for t in trials if t.state == TrialState.COMPLETE
+            } == {(4, 8, 12)}
+            assert all(max(t.intermediate_values) in (4, 8) for t in trials if t.state == TrialState.PRUNED)
+    assert spent["median"] < spent["none"] and spent["percentile"] < spent["none"]
 
 
 def test_trials_sharing_a_base_do_not_leak(tiny_bases):

@@ -136,7 +136,12 @@ def trial_config(
     plain["train"] = dict(plain.get("train") or {})
     if spec.train_steps:
         plain["train"]["steps"] = spec.train_steps
-        plain["train"]["eval_every"] = min(plain["train"].get("eval_every", 50), spec.train_steps)
+    steps = plain["train"].get("steps", 200)
+    every = plain["train"].get("eval_every", 50)
+    if run is None or run[0] == "search":  # the pruner's looks; a replicate validates as train says
+        plain["train"]["eval_every"] = spec.search_eval_every(steps, every)
+    elif spec.train_steps:
+        plain["train"]["eval_every"] = min(every, steps)
     if seed is not None:
         plain["train"]["seed"] = seed
     if run is not None:  # fault.trials names search trials only: a replicate gets none of them

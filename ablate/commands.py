@@ -55,10 +55,6 @@ def prepare(
         from ablate.study.plan import make_plan, task_plans
 
         plan = make_plan(plain, overrides)
-        if plan.spec.tasks and config.workers > 1:
-            raise ConfigError(
-                "workers", config.workers, "not with study.tasks yet: start `ablate worker` processes"
-            )
         return Job(
             command, plain, list(overrides), config, plan=plan, tasks=task_plans(plan, tasks or {}, overrides)
         )
@@ -179,13 +175,21 @@ def tasks_command(job: Job) -> dict[str, Any]:
     """``study.tasks``: every task's study in turn (its own search and replication per arm, on this
     worker's base; other workers take their share through the storage), then the pooled report."""
     from ablate.study import StudyRunner
+    from ablate.study.workers import WorkersFailed, run_task_workers
 
     assert job.plan is not None
+    runners = {task: StudyRunner(plan) for task, plan in job.tasks.items()}
     results = {}
-    for task, plan in job.tasks.items():
-        print(f"task {task}: study {plan.spec.name}")
-        runner = StudyRunner(plan)
-        results[task] = runner.run()
+    if job.config.workers > 1:  # N processes, each through every task, sharing each task's storage
+        try:
+            results = run_task_workers(runners, job.overrides, job.config.workers)
+        except WorkersFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(exc.code)
+    for task, runner in runners.items():
+        if task not in results:
+            print(f"task {task}: study {runner.spec.name}")
+            results[task] = runner.run()
         print(study_summary(runner, results[task]))
     spec = job.plan.spec
     if spec.report and job.command == "study":

@@ -112,3 +112,41 @@ def test_bad_tasks_are_one_line_errors(workdir, capsys, tasks, key):
     code, out, err = run_cli([*ARGS, tasks], capsys)
     assert code == 2 and err.strip().startswith(f"error: {key}") and "Traceback" not in err, err
     assert not (workdir / "studies").exists()
+
+
+def test_two_workers_share_every_task(tmp_path):
+    """``workers=2`` with ``study.tasks``: both processes go through every task on the default
+    SQLite storage, each (task, arm) gets its trial and seeds once, and the pooled report is
+    written once, by the parent, after both are done."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from optuna.trial import TrialState
+
+    root = Path(__file__).resolve().parents[1]
+    tasks = "study.tasks=[arithmetic_easy,{sums:{config:arithmetic,task_options:{ops:'+'}}}]"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ablate.cli", *ARGS, tasks, "study.name=two", "workers=2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert (
+        proc.stdout.count("worker w") == 2
+        and "2 workers done" in proc.stdout
+        and "over 2 tasks" in proc.stdout
+    )
+    studies = storage_studies(f"sqlite:///{tmp_path}/studies/two.db")
+    for task in ("arithmetic_easy", "sums"):
+        for arm in ("lora", "lora+adapter"):
+            search = studies[f"two.{task}/{arm}"].trials
+            assert [t.state for t in search] == [TrialState.COMPLETE]
+            reps = [
+                t for t in studies[f"two.{task}/{arm}/replicate"].trials if t.state == TrialState.COMPLETE
+            ]
+            assert sorted(t.params["seed"] for t in reps) == [1, 2, 3]
+    out_dir = tmp_path / "reports" / "two"
+    assert (out_dir / "pooled.csv").is_file() and (out_dir / "report.md").is_file()
+    assert proc.stdout.count("each arm pooled over 2 tasks") == 1

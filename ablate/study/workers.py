@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -130,6 +130,33 @@ def run_workers(runner: Any, overrides: Sequence[str], n: int) -> dict[str, Any]
         if runner.spec.report:
             result["report"] = runner.write_report(srec.run_id)
     return result
+
+
+def run_task_workers(
+    runners: Mapping[str, Any], overrides: Sequence[str], n: int
+) -> dict[str, dict[str, Any]]:
+    """``study.tasks`` on ``n`` local workers: every task's study prepared here, then ``n`` workers
+    started once; each runs the tasks in turn (``ablate worker`` with the same tasks), taking its
+    share of each (task, arm) through the storage and moving on to the next task when nothing of
+    this one is left to start. Returns each task's result (its studies and the workers' wall time);
+    the pooled report is the caller's."""
+    from ablate.study import records
+
+    opened = {task: runner.open() for task, runner in runners.items()}  # every check, every table
+    first = next(iter(runners.values()))
+    started = time.perf_counter()
+    codes = launch(worker_args(overrides), placements(n, visible_gpus(), cpu_count()), first.echo)
+    wall = time.perf_counter() - started
+    first.echo(f"{n} workers done in {wall:.1f}s over {len(runners)} tasks, exit codes {codes}")
+    bad = [c for c in codes if c != 0]
+    if bad:
+        raise WorkersFailed(bad[0], f"{len(bad)} of {n} workers failed (exit codes {codes})")
+    results = {}
+    for task, runner in runners.items():
+        with records.study_run(runner.tracker, runner.spec.name, runner.lock) as srec:
+            srec.log_metrics({"workers": n, "workers_wall_s": wall})
+            results[task] = {"studies": opened[task][1], "study_run_id": srec.run_id, "wall_s": wall}
+    return results
 
 
 class WorkersFailed(RuntimeError):

@@ -12,6 +12,9 @@ The archive (``.tar.gz``) holds:
   plan's data configuration draws (generated tasks are regenerated from their seed; files are
   hashed as they are).
 
+A study over several tasks (``study.tasks``) bundles every task's study (``NAME.<task>/...``), the
+pooled report with each task's beside it, and per task its plan and split hashes.
+
 Rebuilding reads ``study.db`` alone: no MLflow, no original storage, no torch (the report never
 imports it), so ``summary.csv`` comes out identical; learning curves, which live in MLflow, are the
 one part a bundle does not carry.
@@ -82,12 +85,15 @@ def _plan_data(plan: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def write_bundle(study: str, storage: str, out: Path, baseline: str) -> Path:
-    """``out`` (a ``.tar.gz``): the study's storage copy, its report and the manifest."""
+def write_bundle(study: str, storage: str, out: Path, baseline: str, tasks: list[str] | None = None) -> Path:
+    """``out`` (a ``.tar.gz``): the study's storage copy, its report and the manifest; with ``tasks``
+    (``study.tasks``' labels) every task's study and the pooled report."""
     import optuna
 
     from ablate.report import build_report
     from ablate.report.collect import open_storage
+    from ablate.report.tasks import build_task_report
+    from ablate.storage import task_study
 
     out = Path(out)
     require(
@@ -98,8 +104,16 @@ def write_bundle(study: str, storage: str, out: Path, baseline: str) -> Path:
     )
     require(not out.is_dir(), "out", str(out), "is a directory: name the .tar.gz file to write")
     source = open_storage(storage, study)
-    names = [n for n in optuna.study.get_all_study_names(storage=source) if n.startswith(f"{study}/")]
-    require(bool(names), "study", study, f"not in storage {redact(storage)}")
+    studies = {t: task_study(study, t) for t in tasks} if tasks else {"": study}
+    every = optuna.study.get_all_study_names(storage=source)
+    names = [n for n in every if any(n.startswith(f"{s}/") for s in studies.values())]
+    for task, name in studies.items():
+        require(
+            any(n.startswith(f"{name}/") for n in names),
+            "study",
+            study,
+            f"not in storage {redact(storage)}" + (f" (no study {name} for task {task})" if task else ""),
+        )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "bundle"
         root.mkdir()
@@ -107,9 +121,16 @@ def write_bundle(study: str, storage: str, out: Path, baseline: str) -> Path:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         for name in names:
             optuna.copy_study(from_study_name=name, from_storage=source, to_storage=copy)
-        build_report(study, copy, None, root / "report", baseline=baseline)
-        base = optuna.load_study(study_name=f"{study}/{baseline}", storage=copy)
-        plan = base.user_attrs.get("plan") or {}
+        if tasks:
+            build_task_report(study, list(tasks), copy, None, root / "report", baseline=baseline)
+        else:
+            build_report(study, copy, None, root / "report", baseline=baseline)
+        plans = {
+            task: optuna.load_study(study_name=f"{name}/{baseline}", storage=copy).user_attrs.get("plan")
+            or {}
+            for task, name in studies.items()
+        }
+        hashes = {task: split_hashes(_plan_data(plan)) if plan else {} for task, plan in plans.items()}
         manifest = {
             "study": study,
             "baseline": baseline,
@@ -117,9 +138,11 @@ def write_bundle(study: str, storage: str, out: Path, baseline: str) -> Path:
             "storage": redact(storage),
             "studies": names,
             "versions": versions(),
-            "plan": plan,
-            "data_splits_sha256": split_hashes(_plan_data(plan)) if plan else {},
         }
+        if tasks:  # each task is a study of its own: its plan and its splits
+            manifest |= {"tasks": list(tasks), "plans": plans, "data_splits_sha256": hashes}
+        else:
+            manifest |= {"plan": plans[""], "data_splits_sha256": hashes[""]}
         (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
@@ -148,4 +171,9 @@ def rebuild(bundle: str, out_dir: Path | None = None) -> Path:
         manifest = json.loads(found[0].read_text(encoding="utf-8"))
         study, root = manifest["study"], found[0].parent
         out = Path(out_dir) if out_dir is not None else Path("reports") / study
-        return build_report(study, f"sqlite:///{root / 'study.db'}", None, out, baseline=manifest["baseline"])
+        copy = f"sqlite:///{root / 'study.db'}"
+        if manifest.get("tasks"):
+            from ablate.report.tasks import build_task_report
+
+            return build_task_report(study, manifest["tasks"], copy, None, out, baseline=manifest["baseline"])
+        return build_report(study, copy, None, out, baseline=manifest["baseline"])

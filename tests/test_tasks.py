@@ -4,6 +4,7 @@ arm's effect pooled over the tasks by a random-effects meta-analysis."""
 from __future__ import annotations
 
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -60,6 +61,18 @@ def test_every_arm_on_every_task_each_its_own_study(workdir, capsys):
     code, out, err = run_cli(["report", *ARGS, tasks], capsys)
     assert code == 0, err
     pd.testing.assert_frame_equal(pd.read_csv(out_dir / "pooled.csv").set_index("arm"), pooled)
+    # one bundle holds every task's study; rebuilt in an empty directory, the same pooled verdict
+    code, out, err = run_cli(["bundle", *ARGS, tasks, f"out={workdir / 'b.tar.gz'}"], capsys)
+    assert code == 0, err
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    code, out, err = run_cli(["report", f"bundle={workdir / 'b.tar.gz'}"], capsys)
+    assert code == 0, err
+    again = elsewhere / "reports" / "lora_vs_adapter"
+    pd.testing.assert_frame_equal(pd.read_csv(again / "pooled.csv").set_index("arm"), pooled)
+    for task in ("arithmetic_easy", "sums"):
+        assert (again / task / "summary.csv").read_bytes() == (out_dir / task / "summary.csv").read_bytes()
 
 
 def test_pooled_by_hand_holm_over_primary_and_tasks_without_variation_left_out():

@@ -370,7 +370,12 @@ def compare_command(args: list[str]) -> str:
     )
     name = opts.get("name", "compare")
     check_name("name", name)
-    data = X.study_data(df, name, opts["baseline"], primary)
+    if "table" in opts:
+        metric = f"the score column of {Path(opts['table']).name} (0-1 per item)"
+    else:
+        where = "".join(f", {k} {opts[k]}" for k in ("task", "filter") if opts.get(k))
+        metric = f"lm-evaluation-harness's `{opts['metric']}` per sample (--log_samples{where})"
+    data = X.study_data(df, name, opts["baseline"], primary, metric)
     out = write_report(name, data, Path(opts.get("out", f"reports/{name}")), opts["baseline"], alpha, sesoi)
     print(
         f"baseline {opts['baseline']}: {df['arm'].nunique() - 1} arm(s) compared over {df['seed'].nunique()} seed(s) x {df['item'].nunique()} item(s)"

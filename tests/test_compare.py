@@ -83,6 +83,9 @@ def test_lm_eval_samples_give_the_verdict_by_hand(workdir, capsys):
     assert "baseline lora: 1 arm(s) compared over 3 seed(s) x 30 item(s)" in out
     report = workdir / "reports" / "compare"
     assert {"report.md", "report.html", "table.tex", "table.md"} <= {p.name for p in report.iterdir()}
+    head = (report / "report.md").read_text()
+    assert "EM is lm-evaluation-harness's `exact_match` per sample (--log_samples)" in head
+    assert "exact match on the test split" not in head  # a study's words, not these results'
     # the same results as a plain table, in each format, give the same numbers
     for ext in ("csv", "jsonl", "parquet"):
         path = workdir / f"results.{ext}"

@@ -45,6 +45,8 @@ class StudyData:
     capacity: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CAPACITY_COLUMNS))
     #: study.search_repeats > 1 was recorded: a seed names its search, and comparisons have a row per search
     searches: bool = False
+    #: what an item's score is, in the report's words (results made elsewhere name their metric)
+    metric: str = "exact match on the test split"
 
 
 def open_storage(url: str, study: str) -> Any:

@@ -172,8 +172,12 @@ def check(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return df
 
 
-def study_data(df: pd.DataFrame, name: str, baseline: str, primary: Sequence[str] | None = None) -> StudyData:
-    """``arm, seed, item, score`` as the report's frames: each arm a pseudo-study with only replicates."""
+def study_data(
+    df: pd.DataFrame, name: str, baseline: str, primary: Sequence[str] | None = None,
+    metric: str = "the score column",
+) -> StudyData:  # fmt: skip
+    """``arm, seed, item, score`` as the report's frames: each arm a pseudo-study with only replicates;
+    ``metric`` says in words what the score is (the report's header)."""
     arms = list(dict.fromkeys([baseline, *df["arm"]]))
     primary = [a for a in arms if a != baseline] if primary is None else list(primary)
     for a in primary:
@@ -202,4 +206,5 @@ def study_data(df: pd.DataFrame, name: str, baseline: str, primary: Sequence[str
         trials=pd.DataFrame(columns=["arm", "number", "state"]),
         replicates=reps,
         items=items,
+        metric=metric,
     )

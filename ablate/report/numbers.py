@@ -91,6 +91,8 @@ class Summary:
     sequential: dict[str, Any] | None = None
     #: study.search_repeats: independent searches per arm whose replicates were recorded (1: one)
     searches: int = 1
+    #: what an item's score is (``StudyData.metric``): the report's header says it
+    metric: str = "exact match on the test split"
 
 
 def _mean(rep: pd.DataFrame, col: str) -> float:

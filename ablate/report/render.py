@@ -42,7 +42,7 @@ def _importance_table(imp: dict[str, dict[str, float]]) -> pd.DataFrame:
 def _header(s: Summary, study: str) -> str:
     return (
         f"Study `{study}`: {len(s.numbers)} arm(s) compared with the baseline `{s.baseline}`. "
-        "EM is exact match on the test split in points (percent). Every comparison is paired by seed and "
+        f"EM is {s.metric}, in points (percent). Every comparison is paired by seed and "
         "test item; its 95% CI and p-value are a t interval on the crossed seeds x items variance "
         "(two-way ANOVA moments, Satterthwaite degrees of freedom), which covers another training run as "
         "well as another draw of test items; benchmarks/results/calibration.md measures how often it is "

@@ -348,6 +348,7 @@ def summarise(
     s.numbers.insert(1, "best_config", [arm_config(data.arms, a) for a in s.numbers.index])
     s.warnings = convergence_warnings(data)
     s.verdict = verdict(data, s)
+    s.metric = data.metric
     return s
 
 

@@ -170,11 +170,14 @@ def precompose(args: list[str], with_hydra: bool = False) -> dict[str, Any] | No
             return {**out, "hydra": hydra_node} if with_hydra else out  # type: ignore[dict-item,return-value]
     except Exception as exc:  # noqa: BLE001 - any composition failure comes from the arguments
         text = " ".join(f"{exc} {exc.__cause__ or ''}".split())
+        text = re.sub(r"See https?://\S+ for details", "", text)  # its "1.2" would match a value "2"
 
-        # the argument the message names: its whole text, else the longest key it mentions
-        def named(arg: str) -> tuple[bool, bool, bool, int]:
+        # the argument the message names: its whole text, else its key, else the longest value it
+        # quotes (a parse error quotes the input it stopped at), else the longest key
+        def named(arg: str) -> tuple[bool, bool, bool, int, int]:
             key, _, value = arg.partition("=")
-            return (arg not in text, key not in text, not value or value not in text, -len(key))
+            quoted = bool(value) and value in text
+            return (arg not in text, key not in text, not quoted, -len(value) if quoted else 0, -len(key))
 
         for arg in sorted(args, key=named):
             m = _OVERRIDE.match(arg)

@@ -132,6 +132,8 @@ BAD = [
         "data.test_path",
         "bad.jsonl",
     ),
+    # an unparsable value is the argument blamed, not another whose value the message happens to hold
+    ([S, "study.n_trials=2", "study.tasks=[a b"], "study.tasks", "cannot be parsed"),
     ([S, "workers=0"], "workers", "0"),
     ([S, "workers=-2"], "workers", "-2"),
     ([S, "workers=many"], "workers", "many"),

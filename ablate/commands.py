@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ablate.errors import ConfigError, redact
+from ablate.errors import ConfigError, redact, require
 from ablate.schema import Config, ExportConfig, StudyConfig, TrackingConfig, TrialConfig
 
 if TYPE_CHECKING:
@@ -307,9 +307,19 @@ def export_command(job: Job) -> str:
 
     spec, opts, tracking = job.study, job.export, job.tracking
     assert spec is not None and opts is not None and tracking is not None
+    name = spec.name
+    labels = spec.task_labels
+    if labels or opts.task is not None:  # a study over tasks: one task's study, NAME.<task>
+        from ablate.storage import task_study
+
+        require(
+            opts.task in labels, "task", opts.task,
+            f"name one of the study's tasks ({', '.join(labels)})" if labels else "the study has no study.tasks",
+        )  # fmt: skip
+        name = task_study(spec.name, opts.task)
     check_storage(spec.storage_url)
     uri = existing_store(tracking.uri if tracking.backend == "mlflow" else None)
-    done = export(spec.name, spec.storage_url, uri, opts, baseline=spec.baseline, question=spec.description)
+    done = export(name, spec.storage_url, uri, opts, baseline=spec.baseline, question=spec.description)
     print(done.summary())
     return str(done.out)
 

@@ -134,6 +134,8 @@ BAD = [
     ),
     # an unparsable value is the argument blamed, not another whose value the message happens to hold
     ([S, "study.n_trials=2", "study.tasks=[a b"], "study.tasks", "cannot be parsed"),
+    (["export", "study=lora_vs_adapter", "task=sql", "out=x"], "task", "the study has no study.tasks"),
+    (["export", "study=task_dependence", "task=nope", "out=x"], "task", "name one of the study's tasks"),
     ([S, "workers=0"], "workers", "0"),
     ([S, "workers=-2"], "workers", "-2"),
     ([S, "workers=many"], "workers", "many"),

@@ -571,6 +571,8 @@ class ExportConfig(Schema):
     arm: str | None = field(None, "null: the winner", reason="an arm name, e.g. lora+adapter")
     seed: int | None = field(None, "null: the best replicate seed by validation",
                              reason="must be an integer (a replicate seed)")  # fmt: skip
+    task: str | None = field(None, "a study over tasks: the task whose arm to export",
+                             reason="a task of study.tasks, e.g. task=sql")  # fmt: skip
     out: str | None = field(None, "the directory to write", reason="where to write, e.g. out=exports/winner")
     merge: bool = field(False, "LoRA on a full-precision base: the merged full model instead of the adapter")
     overwrite: bool = field(False, "replace an existing non-empty directory")

@@ -319,6 +319,12 @@ def _model_class() -> type:
                     "path", path, "holds a merged model: score it with --model hf --model_args pretrained=DIR"
                 )
             cfg = meta["config"]
+            if device and device.startswith("cuda") and not torch.cuda.is_available():
+                # lm-eval's CLI hands HFLM's default "cuda" on to a model type that was not told a
+                # device: here that means "not given", as it does for lm-eval's own hf on a GPU machine
+                print(f"ablate.lmeval: device {device!r} but no CUDA here: evaluating on {devices.pick()}",
+                      file=sys.stderr)  # fmt: skip
+                device = None
             dev = torch.device(device) if device else devices.pick()
             base = load_base(ModelConfig.from_dict(cfg["model"]), QuantConfig.from_dict(cfg["quant"]), dev)
             self.stack = load(path, base)

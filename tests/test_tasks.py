@@ -163,3 +163,17 @@ def test_two_workers_share_every_task(tmp_path):
     out_dir = tmp_path / "reports" / "two"
     assert (out_dir / "pooled.csv").is_file() and (out_dir / "report.md").is_file()
     assert proc.stdout.count("each arm pooled over 2 tasks") == 1
+
+
+@pytest.mark.parametrize(
+    "lo,hi,tasks,want",
+    [
+        (-1.468, 1.484, 3, "anything from -100 to +100 (t with 1 df over 3 tasks: no prediction yet)"),
+        (-0.05, 0.12, 5, "[-5.0..+12.0]"),
+        (-1.3, 0.4, 4, "[-100.0..+40.0]"),  # cut to what a difference of two rates can be
+    ],
+)
+def test_prediction_interval_is_cut_to_the_possible(lo, hi, tasks, want):
+    from ablate.report.tasks import prediction
+
+    assert prediction(lo, hi, tasks) == want

@@ -142,7 +142,12 @@ def metric_vs_params(data: StudyData, s: Summary, out: Path) -> Fig:
             ax.step(x[front], y[front], where="post", color=colors[arm], alpha=0.8, lw=1.2)
         r = s.numbers.loc[arm]
         if r["seeds"] > 0 and not math.isnan(r["trainable_params"]):
-            err = 0 if math.isnan(r["em_lo"]) else 100 * (r["em_hi"] - r["em_lo"]) / 2
+            # asymmetric where the interval is cut at 0 or 100
+            err = (
+                0
+                if math.isnan(r["em_lo"])
+                else [[100 * (r["em_mean"] - r["em_lo"])], [100 * (r["em_hi"] - r["em_mean"])]]
+            )
             marker = "*" if arm == s.baseline else "D"
             ax.errorbar(
                 r["trainable_params"],

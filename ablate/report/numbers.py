@@ -274,6 +274,8 @@ def numbers_frame(data: StudyData, baseline: str, sesoi: float, alpha: float):
         rep = reps[reps["arm"] == arm]
         em, loss = matrix(data, arm), matrix(data, arm, "loss")
         em_iv = stats.interval(by_search(em.dropna(), data.searches).to_numpy(dtype=float))  # (mean, lo, hi)
+        # a rate lies in [0, 1]: with 3 seeds (t with 2 df) the t interval of one arm easily passes 100
+        em_iv = (em_iv[0], max(em_iv[1], 0.0), min(em_iv[2], 1.0)) if em_iv[1] == em_iv[1] else em_iv
         loss_iv = stats.interval(by_search(loss.dropna(), data.searches).to_numpy(dtype=float))
         costs = {c: _mean(rep, c) for c in COSTS}
         row: dict[str, Any] = {

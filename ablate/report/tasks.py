@@ -105,7 +105,8 @@ def heatmap(rows: pd.DataFrame, pool: pd.DataFrame, path: Path) -> Path | None:
         for j, a in enumerate(arms):
             d, lo, hi, v = cells.get((t, a), (math.nan,) * 4)
             text = "n/a" if d != d else f"{pts(d)}\n[{pts(lo)}..{pts(hi)}]\n{v}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+            dark = d == d and abs(100 * d) > 0.6 * lim  # RdBu's ends: black text would not read
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.axhline(len(tasks) - 0.5, color="k", lw=1)
@@ -116,6 +117,15 @@ def heatmap(rows: pd.DataFrame, pool: pd.DataFrame, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def prediction(lo: float, hi: float, tasks: int) -> str:
+    """A prediction interval in EM points, cut to what a difference of two rates can be (-100..+100):
+    ``stats.meta`` gives it on the t scale with k-2 degrees of freedom, which with 3 tasks (t_1 =
+    12.7) easily reaches past the possible; the raw bounds stay in ``pooled.csv``."""
+    if lo <= -1 and hi >= 1:
+        return f"anything from -100 to +100 (t with {int(tasks) - 2} df over {int(tasks)} tasks: no prediction yet)"
+    return f"[{pts(max(lo, -1.0))}..{pts(min(hi, 1.0))}]"
 
 
 def _tables(rows: pd.DataFrame, pool: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -144,8 +154,8 @@ def _tables(rows: pd.DataFrame, pool: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
             "tau (points)": [pts(t, sign=False) for t in pool["tau"]],
             "I²": [f"{100 * i:.0f}%" if i == i else "n/a" for i in pool["i2"]],
             "new task: 95% prediction interval": [
-                "needs 3 tasks" if lo != lo else f"[{pts(lo)}..{pts(hi)}]"
-                for lo, hi in zip(pool["pred_lo"], pool["pred_hi"], strict=True)
+                "needs 3 tasks" if lo != lo else prediction(lo, hi, k)
+                for lo, hi, k in zip(pool["pred_lo"], pool["pred_hi"], pool["tasks"], strict=True)
             ],
             "verdict": pool["verdict"],
             "left out (no variation)": pool["left_out"].replace("", "-"),
@@ -162,7 +172,11 @@ def _words(pool: pd.DataFrame, baseline: str, n_tasks: int) -> list[str]:
             if r.tau == r.tau and r.tau > 0
             else "no spread between tasks beyond their own noise was found (tau² = 0)"
         )
-        pred = "" if r.pred_lo != r.pred_lo else f"; on a new task expect {pts(r.pred_lo)}..{pts(r.pred_hi)}"
+        pred = (
+            ""
+            if r.pred_lo != r.pred_lo
+            else f"; on a new task expect {prediction(r.pred_lo, r.pred_hi, r.tasks)}"
+        )
         lines.append(
             f"{r.arm} vs {baseline}, pooled over {r.tasks} of {n_tasks} tasks: {r.verdict}, {pts(r.mean)} EM "
             f"[{pts(r.lo)}..{pts(r.hi)}]; {spread}{pred}."

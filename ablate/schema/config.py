@@ -390,7 +390,8 @@ class StudyConfig(Schema):
     train_steps: int | None = field(None, "steps per study trial (null: train.steps)", gt=0)
     sampler: Sampler = field("tpe", "mo: maximise val EM and minimise trainable params")
     pruner: Pruner = field(
-        "percentile", "on the periodic validation evaluations: percentile keeps the best 75% at 1/3 and 2/3 "
+        "percentile", "on the periodic validation evaluations: percentile stops a trial worse than 75% of the "
+        "completed trials at 1/3 or 2/3 "
         "of a search trial's steps (it validates at thirds); median stops the worse half from eval_every",
     )  # fmt: skip
     objective: Literal["val_loss", "val_em"] = field("val_loss", "search objective on the validation split")

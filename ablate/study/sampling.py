@@ -38,8 +38,8 @@ def make_sampler(spec: StudyConfig, dists: list[Dist], seed: int, budget: int) -
 
 
 #: ``study.pruner=percentile``: a search trial is stopped at 1/3 or 2/3 of its steps only when its
-#: validation objective is worse than this percentile of the other trials' at that step (keeps the
-#: best 75%). Chosen on ``python -m benchmarks pruning`` (README, "Does pruning cost a component its
+#: validation objective is worse than this percentile of the completed trials' at that step (Optuna
+#: compares with completed trials only). Chosen on ``python -m benchmarks pruning`` (README, "Does pruning cost a component its
 #: winner?"): the median kept every tiny winner but cut LoRA+prompt's on SmolLM2; this kept both.
 KEEP_PERCENTILE = 75.0
 

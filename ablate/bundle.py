@@ -7,6 +7,8 @@ The archive (``.tar.gz``) holds:
   plan, the design's looks) copied into SQLite with Optuna's own ``copy_study``, from SQLite or
   PostgreSQL alike;
 - ``report/``: the report built from that copy (``summary.csv``, ``items.csv``, ``report.md``, ...);
+- ``exports/<dir>/``: with ``weights=[DIR, ...]``, directories written by ``ablate export`` (the
+  winners' components, card and ``ablate.json``), each checked to be an export and hashed;
 - ``manifest.json``: the study, its baseline, the recorded plan (the resolved configuration of every
   arm's search), the versions of the packages that made it, and a SHA-256 of every data split the
   plan's data configuration draws (generated tasks are regenerated from their seed; files are
@@ -27,11 +29,16 @@ import json
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from ablate.errors import ConfigError, redact, require
+
+#: ``ablate.export.EXPORT_FILE`` (the bundle layer sits beside export and does not import it; a test
+#: checks the two agree)
+EXPORT_FILE = "ablate.json"
 
 PACKAGES = ("ablate", "optuna", "numpy", "pandas", "scipy", "statsmodels", "torch", "transformers", "peft")
 PACKAGES += ("bitsandbytes", "mlflow", "hydra-core")
@@ -85,7 +92,30 @@ def _plan_data(plan: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def write_bundle(study: str, storage: str, out: Path, baseline: str, tasks: list[str] | None = None) -> Path:
+def _exports(dirs: list[str]) -> dict[str, Path]:
+    """``weights=[DIR, ...]``: each an ``ablate export`` directory (its ``ablate.json``), by name."""
+    found: dict[str, Path] = {}
+    for d in dirs:
+        path = Path(d)
+        require(
+            (path / EXPORT_FILE).is_file(),
+            "weights",
+            d,
+            f"not an export directory (no {EXPORT_FILE}): ablate export writes one",
+        )
+        require(
+            path.name not in found,
+            "weights",
+            d,
+            f"two exports named {path.name}: give distinct directory names",
+        )
+        found[path.name] = path
+    return found
+
+
+def write_bundle(
+    study: str, storage: str, out: Path, baseline: str, tasks: list[str] | None = None, weights: Sequence[str] = (),
+) -> Path:  # fmt: skip
     """``out`` (a ``.tar.gz``): the study's storage copy, its report and the manifest; with ``tasks``
     (``study.tasks``' labels) every task's study and the pooled report."""
     import optuna
@@ -103,6 +133,7 @@ def write_bundle(study: str, storage: str, out: Path, baseline: str, tasks: list
         "a bundle is a .tar.gz file, e.g. out=lora_vs_adapter.tar.gz",
     )
     require(not out.is_dir(), "out", str(out), "is a directory: name the .tar.gz file to write")
+    exports = _exports(list(weights))  # checked before anything is read or written
     source = open_storage(storage, study)
     studies = {t: task_study(study, t) for t in tasks} if tasks else {"": study}
     every = optuna.study.get_all_study_names(storage=source)
@@ -143,6 +174,17 @@ def write_bundle(study: str, storage: str, out: Path, baseline: str, tasks: list
             manifest |= {"tasks": list(tasks), "plans": plans, "data_splits_sha256": hashes}
         else:
             manifest |= {"plan": plans[""], "data_splits_sha256": hashes[""]}
+        if exports:  # the winners' weights as exported, each file hashed
+            import shutil
+
+            manifest["exports"] = {}
+            for name, path in exports.items():
+                shutil.copytree(path, root / "exports" / name)
+                manifest["exports"][name] = {
+                    str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+                    for f in sorted(path.rglob("*"))
+                    if f.is_file()
+                }
         (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")

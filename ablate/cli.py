@@ -35,7 +35,15 @@ COMMANDS = (
     "compare",
     "bundle",
 )  # ablate.help.COMMANDS describes each
-EXPORT_KEYS = ("arm", "seed", "task", "out", "merge", "overwrite")  # `ablate export arm=X` means export.arm=X
+EXPORT_KEYS = (
+    "arm",
+    "seed",
+    "task",
+    "out",
+    "merge",
+    "overwrite",
+    "weights",
+)  # `ablate export arm=X` means export.arm=X
 DEFAULT_ARM = ("lora", "adapter")
 _OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[\w.@/-]+)=(?P<value>.*)$")
 

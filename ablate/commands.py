@@ -295,7 +295,14 @@ def bundle_command(job: Job) -> str:
     spec, opts = job.study, job.export
     assert spec is not None and opts is not None and opts.out is not None
     check_storage(spec.storage_url)
-    out = write_bundle(spec.name, spec.storage_url, Path(opts.out), spec.baseline, spec.task_labels or None)
+    out = write_bundle(
+        spec.name,
+        spec.storage_url,
+        Path(opts.out),
+        spec.baseline,
+        spec.task_labels or None,
+        opts.weights or [],
+    )
     print(f"bundle: {out} (rebuild anywhere: ablate report bundle={out})")
     return str(out)
 

@@ -70,9 +70,37 @@ def test_bundle_rebuilds_the_identical_summary_in_an_empty_directory(
             ["bundle", f"study={STUDY}", "model=tiny", "out=b.zip"],
             "error: out='b.zip': a bundle is a .tar.gz file",
         ),
+        (
+            ["bundle", f"study={STUDY}", "model=tiny", "out=b.tar.gz", "weights=[studies]"],
+            "error: weights='studies': not an export directory",
+        ),
     ],
 )
 def test_bad_bundle_arguments_are_one_line_errors(study_dir, tmp_path, monkeypatch, capsys, args, start):
     monkeypatch.chdir(study_dir)
     code, _, err = run_cli(args, capsys)
     assert code == 2 and err.startswith(start) and len(err.strip().splitlines()) == 1, err
+
+
+def test_bundle_carries_exported_weights_hashed(study_dir, tmp_path, monkeypatch, capsys):
+    """``weights=[DIR]``: an ``ablate export`` directory travels in the bundle, every file hashed."""
+    import hashlib
+
+    monkeypatch.chdir(study_dir)
+    code, _, err = run_cli(["export", f"study={STUDY}", "model=tiny", f"out={tmp_path / 'winner'}"], capsys)
+    assert code == 0, err
+    out = tmp_path / "w.tar.gz"
+    code, _, err = run_cli(
+        ["bundle", f"study={STUDY}", "model=tiny", f"out={out}", f"weights=[{tmp_path / 'winner'}]"], capsys
+    )
+    assert code == 0, err
+    with tarfile.open(out) as tar:
+        manifest = json.load(tar.extractfile(f"{STUDY}/manifest.json"))
+        carried = tar.extractfile(f"{STUDY}/exports/winner/components.safetensors").read()
+    want = (tmp_path / "winner" / "components.safetensors").read_bytes()
+    assert carried == want
+    assert manifest["exports"]["winner"]["components.safetensors"] == hashlib.sha256(want).hexdigest()
+    assert "ablate.json" in manifest["exports"]["winner"]
+    from ablate import bundle, export
+
+    assert bundle.EXPORT_FILE == export.EXPORT_FILE

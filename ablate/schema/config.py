@@ -577,6 +577,10 @@ class ExportConfig(Schema):
     out: str | None = field(None, "the directory to write", reason="where to write, e.g. out=exports/winner")
     merge: bool = field(False, "LoRA on a full-precision base: the merged full model instead of the adapter")
     overwrite: bool = field(False, "replace an existing non-empty directory")
+    weights: list[str] | None = field(
+        None, "ablate bundle: directories written by ablate export to carry in the bundle",
+        reason="a list of export directories, e.g. weights=[exports/winner]",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _out(self) -> ExportConfig:

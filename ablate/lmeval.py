@@ -296,7 +296,6 @@ def _model_class() -> type:
     global _MODEL_CLASS
     if _MODEL_CLASS is not None:
         return _MODEL_CLASS
-    import torch
     from lm_eval.models.huggingface import HFLM
 
     class AblateLM(HFLM):
@@ -319,13 +318,7 @@ def _model_class() -> type:
                     "path", path, "holds a merged model: score it with --model hf --model_args pretrained=DIR"
                 )
             cfg = meta["config"]
-            if device and device.startswith("cuda") and not torch.cuda.is_available():
-                # lm-eval's CLI hands HFLM's default "cuda" on to a model type that was not told a
-                # device: here that means "not given", as it does for lm-eval's own hf on a GPU machine
-                print(f"ablate.lmeval: device {device!r} but no CUDA here: evaluating on {devices.pick()}",
-                      file=sys.stderr)  # fmt: skip
-                device = None
-            dev = torch.device(device) if device else devices.pick()
+            dev = _device(device)
             base = load_base(ModelConfig.from_dict(cfg["model"]), QuantConfig.from_dict(cfg["quant"]), dev)
             self.stack = load(path, base)
             base.model.eval()
@@ -358,17 +351,7 @@ def _model_class() -> type:
                 got = super().loglikelihood([requests[i] for i in rest], disable_tqdm=disable_tqdm)
                 for i, res in zip(rest, got, strict=True):
                     out[i] = res
-            encoded = []
-            for i in ours:
-                doc = requests[i].doc
-                if doc.get(TOKENIZER) != self._tokenizer_id:
-                    raise ConfigError(
-                        "tasks",
-                        requests[i].task_name,
-                        f"was written for another tokenizer ({doc.get(TOKENIZER)}, this base has "
-                        f"{self._tokenizer_id}): write it from an export of this base",
-                    )
-                encoded.append((requests[i].args, list(doc[PROMPT_IDS]), list(doc[RESPONSE_IDS])))
+            encoded = [_ablate_ids(requests[i], self._tokenizer_id) for i in ours]
             for i, res in zip(
                 ours, self._loglikelihood_tokens(encoded, disable_tqdm=disable_tqdm), strict=True
             ):
@@ -388,6 +371,36 @@ def _model_class() -> type:
     AblateLM.__module__ = __name__
     _MODEL_CLASS = AblateLM
     return AblateLM
+
+
+def _device(device: str | None) -> Any:
+    """The torch device for ``device`` (lm-eval's ``--device``), else the one ablate would pick.
+    lm-eval's CLI hands HFLM's default "cuda" on to a model type that was not told a device: without
+    CUDA that means "not given", as it does for lm-eval's own ``hf`` on a GPU machine."""
+    import torch
+
+    from ablate import device as devices
+
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"ablate.lmeval: device {device!r} but no CUDA here: evaluating on {devices.pick()}",
+            file=sys.stderr,
+        )
+        device = None
+    return torch.device(device) if device else devices.pick()
+
+
+def _ablate_ids(request: Any, tokenizer: str) -> tuple[Any, list[int], list[int]]:
+    """``(args, prompt ids, response ids)`` of an item ``task`` wrote, if its tokenizer is this base's."""
+    doc = request.doc
+    if doc.get(TOKENIZER) != tokenizer:
+        raise ConfigError(
+            "tasks",
+            request.task_name,
+            f"was written for another tokenizer ({doc.get(TOKENIZER)}, this base has {tokenizer}): "
+            "write it from an export of this base",
+        )
+    return request.args, list(doc[PROMPT_IDS]), list(doc[RESPONSE_IDS])
 
 
 def _greedy(lm: Any, context: Any, mask: Any, max_length: int, stop: Sequence[str]) -> Any:

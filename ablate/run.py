@@ -24,7 +24,7 @@ import torch
 from ablate.components import stack as components
 from ablate.components.stack import Stack
 from ablate.data import DataConfig, load_splits
-from ablate.data.tokenize import EncodedList, encode, make_batches, padding_fraction
+from ablate.data.tokenize import EncodedList, encode, make_batches
 from ablate.device import autocast_for
 from ablate.metrics import evaluate
 from ablate.models import Base
@@ -195,7 +195,7 @@ def run_trial(
                 "step_time_s": result.step_time_s,
                 "train_seconds": result.seconds,
                 "peak_mem_mb": mem.peak_bytes / 2**20,
-                "padding_fraction": padding_fraction(epoch_batches(0)),
+                "padding_fraction": epoch_batches(0).padding_fraction(),
                 "steps": result.steps,
             }
             metrics.update({f"params/{n}": c for n, c in counts.items()})

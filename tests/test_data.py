@@ -557,6 +557,15 @@ def test_batches_cover_every_example_once(shuffle: bool) -> None:
     assert [len(b["input_ids"]) for b in batches] == [8] * (len(enc) // 8)
     assert all(b[k].dtype == torch.long for b in batches for k in ("input_ids", "attention_mask", "labels"))
     assert Counter(_unpadded(batches)) == Counter(tuple(e.input_ids) for e in enc)
+    # collated on first read and kept; slices and negative indices read the same batches
+    assert batches[0] is batches[0] and batches[-1] is batches[len(batches) - 1]
+    assert batches[:2] == [batches[0], batches[1]]
+    for b in batches:  # the same tensors the per-row loop built: pads, masks, labels where they belong
+        rows = b["attention_mask"].sum(1)
+        for row, n in enumerate(rows.tolist()):
+            e = enc[int(b["index"][row])]
+            assert b["input_ids"][row, :n].tolist() == e.input_ids and b["labels"][row, :n].tolist() == e.labels
+            assert (b["input_ids"][row, n:] == 256).all() and (b["labels"][row, n:] == IGNORE_INDEX).all()
     if not shuffle:
         widths = [b["input_ids"].shape[1] for b in batches]
         assert widths == sorted(widths)
@@ -564,7 +573,10 @@ def test_batches_cover_every_example_once(shuffle: bool) -> None:
 
 def test_length_grouping_pads_less_than_random_batches() -> None:
     enc = _mixed_encoded()
-    grouped = padding_fraction(make_batches(enc, 8, shuffle=True, seed=0, pad_id=256))
+    batches = make_batches(enc, 8, shuffle=True, seed=0, pad_id=256)
+    assert batches.padding_fraction() > 0  # from the lengths alone, before any batch is collated
+    grouped = padding_fraction(batches)
+    assert batches.padding_fraction() == pytest.approx(grouped, abs=1e-12)
     order = list(range(len(enc)))
     random.Random(0).shuffle(order)
     naive = [collate([enc[i] for i in order[j : j + 8]], 256) for j in range(0, len(order), 8)]

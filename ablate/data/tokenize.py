@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -92,7 +92,7 @@ def encode(examples: Sequence[Example], tokenizer: Any, max_length: int) -> Enco
 
 def make_batches(
     encoded: Sequence[Encoded], batch_size: int, *, shuffle: bool, seed: int, pad_id: int
-) -> list[dict[str, torch.Tensor]]:
+) -> Batches:
     """Right-padded batches of similar-length examples.
 
     Sorting by length before chunking keeps padding (wasted compute) low;
@@ -112,26 +112,57 @@ def make_batches(
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if shuffle:
         rng.shuffle(chunks)
-    batches = []
-    for chunk in chunks:
-        batch = collate([encoded[i] for i in chunk], pad_id)
-        batch["index"] = torch.tensor(chunk, dtype=torch.long)  # position in ``encoded``: per-item records
-        batches.append(batch)
-    return batches
+    return Batches(encoded, chunks, pad_id)
+
+
+class Batches(Sequence[dict[str, torch.Tensor]]):
+    """An epoch's batches, each collated when first read and then kept: a search trial of 12
+    steps reads 12 of an epoch's 64 batches, and collating all of them up front was a tenth of
+    such a trial on the tiny model (benchmarks: study overhead)."""
+
+    def __init__(self, encoded: Sequence[Encoded], chunks: list[list[int]], pad_id: int) -> None:
+        self._encoded, self._chunks, self._pad_id = encoded, chunks, pad_id
+        self._built: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, torch.Tensor]]: ...
+    def __getitem__(self, i: int | slice) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # negative indices; IndexError past the end
+        if i not in self._built:
+            chunk = self._chunks[i]
+            batch = collate([self._encoded[j] for j in chunk], self._pad_id)
+            batch["index"] = torch.tensor(chunk, dtype=torch.long)  # position in ``encoded``: per-item records
+            self._built[i] = batch
+        return self._built[i]
+
+    def padding_fraction(self) -> float:
+        """Fraction of batch positions that are padding, from the lengths alone (nothing collated)."""
+        total = real = 0
+        for chunk in self._chunks:
+            lengths = [len(self._encoded[j].input_ids) for j in chunk]
+            total += max(lengths) * len(lengths)
+            real += sum(lengths)
+        return (total - real) / total if total else 0.0
 
 
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad one batch: ``input_ids``, ``attention_mask`` (0/1), ``labels`` (-100 at pads)."""
-    width = max(len(e.input_ids) for e in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, e in enumerate(items):
-        n = len(e.input_ids)
-        input_ids[row, :n] = torch.tensor(e.input_ids, dtype=torch.long)
-        labels[row, :n] = torch.tensor(e.labels, dtype=torch.long)
-        mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    lengths = torch.tensor([len(e.input_ids) for e in items], dtype=torch.long)
+    # one tensor per field from the concatenated rows, scattered under the mask: a Python loop of
+    # per-row tensors cost more than the tiny model's training step
+    mask = torch.arange(int(lengths.max())) < lengths[:, None]
+    input_ids = torch.full(mask.shape, pad_id, dtype=torch.long)
+    labels = torch.full(mask.shape, IGNORE_INDEX, dtype=torch.long)
+    input_ids[mask] = torch.tensor([t for e in items for t in e.input_ids], dtype=torch.long)
+    labels[mask] = torch.tensor([t for e in items for t in e.labels], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": mask.long(), "labels": labels}
 
 
 def padding_fraction(batches: Iterable[Mapping[str, torch.Tensor]]) -> float:

@@ -40,6 +40,7 @@ import torch
 from ablate.components import build_configs
 from ablate.components.stack import attach
 from ablate.data.tokenize import Encoded, make_batches
+from ablate.device import AUTO_ATTENTION, EAGER_MAX_TOKENS
 from ablate.models import load_base
 from ablate.run import PeakMemory, seed_everything
 from ablate.schema import TrainConfig
@@ -179,6 +180,43 @@ def _train_steps(base: Any, cfgs: Any, setup: tp.Setup) -> dict[str, float]:
         "peak_mb": mem.peak_bytes / 2**20,
         "trainable": trainable,
     }
+
+
+# --------------------------------------------------------------------------- attention kernel
+
+
+def attention(sizes: Sizes) -> dict[str, Any]:
+    """A LoRA step with sdpa against eager attention at 43/128/256/512 tokens (batches of 8 with one
+    padded row, as length-grouped real batches have, so the kernels see a mask), interleaved, the
+    faster of the rounds: what ``attn_implementation=auto``'s width threshold rests on."""
+    cfg = tp.model_config(sizes.component_model)
+    base = load_base(cfg, tp.QuantConfig(), CPU)
+    lora = build_configs(("lora",), {"lora": {"targets": "all-linear"}})
+    setattr(base.model, AUTO_ATTENTION, False)  # the kernel is set by hand below
+    out: dict[str, Any] = {"model": sizes.component_model, "lengths": {}}
+    for length in (43, 128) if sizes is SMOKE else (43, 128, 256, 512):
+        full = _fixed_length(length, base.tokenizer.vocab_size, 64)
+        examples = [Encoded(e.input_ids[:-1], e.labels[:-1]) if i % 2 else e for i, e in enumerate(full)]
+        setup = tp.Setup(cfg, tp.QuantConfig(), CPU, tp.user_precision(CPU), examples, examples[:8],
+                         sizes.component_steps, 8, 1e-3, 0)  # fmt: skip
+        runs: dict[str, list[dict[str, float]]] = {"sdpa": [], "eager": []}
+        for _ in range(sizes.rounds):
+            for kernel in runs:
+                base.model.config._attn_implementation = kernel
+                runs[kernel].append(_train_steps(base, lora, setup))
+        best = {k: min(r["step_s"] for r in v) for k, v in runs.items()}
+        peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
+        out["lengths"][length] = {
+            "step_s": best,
+            "peak_mb": peak,
+            "eager_over_sdpa": best["eager"] / best["sdpa"],
+            "peak_eager_over_sdpa": peak["eager"] / peak["sdpa"],
+        }
+        print(
+            f"attention at {length} tokens: eager / sdpa {best['eager'] / best['sdpa']:.2f}", file=sys.stderr
+        )
+    base.model.config._attn_implementation = "sdpa"
+    return out
 
 
 # --------------------------------------------------------------------------- 6. scaling
@@ -323,6 +361,14 @@ def markdown(r: dict[str, Any]) -> list[str]:
     if m:
         lines += ["", "### 4. QLoRA memory", ""]
         lines += [f"- {k}: weights {v['weight_bytes']['linear'] / 1e6:.1f} MB linear, {v['weight_bytes']['total'] / 1e6:.1f} MB whole ({v['dtype']}); training-step peak RSS {v['train_peak_bytes'] / 2**20:.0f} MB" for k, v in m.items() if isinstance(v, dict)]  # fmt: skip
+    a = r.get("attention")
+    if a:
+        lines += ["", f"### Attention kernel ({a['model']}, LoRA step, batch 8 with padding; auto runs eager "
+                  f"up to {EAGER_MAX_TOKENS} tokens on the CPU)", "",
+                  "| tokens | sdpa s/step | eager s/step | eager / sdpa time | eager / sdpa peak memory |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        lines += [f"| {n} | {x['step_s']['sdpa']:.3f} | {x['step_s']['eager']:.3f} | {x['eager_over_sdpa']:.2f} "
+                  f"| {x['peak_eager_over_sdpa']:.2f} |" for n, x in a["lengths"].items()]  # fmt: skip
     prof = r.get("profile")
     if prof:
         lines += [
@@ -350,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--smoke", action="store_true", help="every item on the tiny model: seconds, no figures"
     )
-    parser.add_argument("--only", default="throughput,study,pruning,memory,components,scaling,profile")
+    parser.add_argument(
+        "--only", default="throughput,study,pruning,memory,components,attention,scaling,profile"
+    )
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
@@ -383,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            batch_size=8)[0], 3
         ),
         "components": lambda: components(sizes),
+        "attention": lambda: attention(sizes),
         "profile": lambda: gpu.profile_sides(
             tp.build_setup(model=sizes.throughput_model, data="longtail", device=CPU, steps=4, batch_size=8,
                            n_train=40 if args.smoke else 200)[0],

@@ -14,7 +14,16 @@ CASES = {  # sub-command -> (arguments, the files it writes, what its JSON holds
     "run": (
         ["--smoke"],
         "*-smoke.json",
-        ("throughput", "study_overhead", "pruning", "qlora_memory", "components", "profile", "scaling"),
+        (
+            "throughput",
+            "study_overhead",
+            "pruning",
+            "qlora_memory",
+            "components",
+            "attention",
+            "profile",
+            "scaling",
+        ),
     ),
     "gpu": (
         ["--smoke"],
@@ -29,6 +38,7 @@ CASES = {  # sub-command -> (arguments, the files it writes, what its JSON holds
     ),
     "sequential": (["--smoke"], "sequential-smoke.json", ("cells", "designs")),
     "pruning": (["--smoke"], "pruning-smoke.json", ("rows", "recordings")),
+    "packing": (["--smoke"], "packing-smoke.json", ("rows", "equivalence")),
 }
 
 
@@ -37,7 +47,7 @@ def test_every_benchmark_runs_in_smoke_mode(command, tmp_path, capsys):
     args, pattern, keys = CASES[command]
     out = (
         ["--out", str(tmp_path)]
-        if command in ("calibration", "sequential", "pruning")
+        if command in ("calibration", "sequential", "pruning", "packing")
         else ["--out-dir", str(tmp_path)]
     )
     assert main([command, *args, *out]) == 0

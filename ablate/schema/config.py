@@ -45,8 +45,10 @@ class ModelConfig(Schema):
     dtype: Dtype = field(
         "auto", "auto: bfloat16 on capable GPUs; on CPU float32, or a quantised base's compute dtype"
     )
-    attn_implementation: Literal["sdpa", "eager"] = field(
-        "sdpa", "attention kernel", reason="must be sdpa or eager (prefix tuning hooks into these)"
+    attn_implementation: Literal["auto", "sdpa", "eager"] = field(
+        "auto",
+        "attention kernel; auto: eager for CPU batches up to 128 tokens wide (faster there), else sdpa",
+        reason="must be auto, sdpa or eager (prefix tuning hooks into sdpa and eager)",
     )
     tiny: dict[str, Any] = field({}, "LlamaConfig fields for source=tiny")
 

@@ -12,6 +12,8 @@ key/value head count; the attention mask gains P always-visible columns.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 from transformers import AttentionInterface
@@ -60,9 +62,17 @@ def expected_params(d: Dims, cfg: PrefixConfig) -> int:
     return cfg.length * d.hidden + d.hidden * cfg.hidden + cfg.hidden + cfg.hidden * out + out + gates
 
 
+def _inner_attention(module: nn.Module, name: str):
+    """The attention function the prefix wraps: a registered one (sdpa), or for eager the model's own
+    ``eager_attention_forward``, which transformers keeps in each model's module, not the registry."""
+    if name != "eager":
+        return ALL_ATTENTION_FUNCTIONS[name]
+    return sys.modules[type(module).__module__].eager_attention_forward
+
+
 def _prefix_attention(inner_name: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
-        inner = ALL_ATTENTION_FUNCTIONS[inner_name]
+        inner = _inner_attention(module, inner_name)
         gate = module.__dict__.pop("_ablate_prefix_gate", None)  # (batch, q_len, 1): the gate's pre-hook
         encoder = getattr(module, "_ablate_prefix", None)
         if encoder is None or encoder.current is None:
@@ -94,6 +104,11 @@ def _prefix_attention(inner_name: str):
             (*attention_mask.shape[:-1], p_len), visible, dtype=attention_mask.dtype, device=query.device
         )
         attention_mask = torch.cat([pad, attention_mask], dim=-1)
+        if inner_name == "eager" and attention_mask.dtype == torch.bool:  # eager adds its mask to the scores
+            hidden = torch.finfo(query.dtype).min
+            attention_mask = torch.zeros(
+                attention_mask.shape, dtype=query.dtype, device=query.device
+            ).masked_fill(~attention_mask, hidden)
         kwargs["is_causal"] = False
         out, weights = inner(module, query, key, value, attention_mask, **kwargs)
         if gate is not None:  # out: (batch, q_len, heads, 2 * head_dim)

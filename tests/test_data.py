@@ -564,7 +564,9 @@ def test_batches_cover_every_example_once(shuffle: bool) -> None:
         rows = b["attention_mask"].sum(1)
         for row, n in enumerate(rows.tolist()):
             e = enc[int(b["index"][row])]
-            assert b["input_ids"][row, :n].tolist() == e.input_ids and b["labels"][row, :n].tolist() == e.labels
+            assert (
+                b["input_ids"][row, :n].tolist() == e.input_ids and b["labels"][row, :n].tolist() == e.labels
+            )
             assert (b["input_ids"][row, n:] == 256).all() and (b["labels"][row, n:] == IGNORE_INDEX).all()
     if not shuffle:
         widths = [b["input_ids"].shape[1] for b in batches]

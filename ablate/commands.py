@@ -139,7 +139,12 @@ def summary(arm: str, quant: str, m: dict[str, float], run_id: str | None, uri: 
     ]
     knock = {k.split("/")[1]: v for k, v in m.items() if k.startswith("knockout/")}
     if knock:
-        lines.append("  knockout test EM  " + ", ".join(f"-{n}: {v:.3f}" for n, v in knock.items()))
+        on = (
+            f"   (on {int(m['knockout_items'])} items: all on {m['knockout_base/test_em']:.3f})"
+            if "knockout_items" in m
+            else ""
+        )
+        lines.append("  knockout test EM  " + ", ".join(f"-{n}: {v:.3f}" for n, v in knock.items()) + on)
     if run_id:
         shown = redact(uri)  # the password is the user's to type, never ours to print
         lines.append(f"  MLflow run {run_id} in {shown}  (browse: mlflow ui --backend-store-uri {shown})")

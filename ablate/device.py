@@ -6,8 +6,8 @@ loader, quantisation and the training loop all read the same answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,37 +42,3 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], Any]:
     if not (precision == "bf16" or (precision == "auto" and native_bf16(device))):
         return nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-#: ``model.attn_implementation=auto``: the widest batch (tokens) that runs eager attention on the CPU.
-#: Measured with ``python -m benchmarks run --only attention`` (a LoRA step, batch 8, fp32 on a 2-core
-#: AVX2 CPU, 2026-12-07): eager / sdpa step time 0.86 at 43 tokens and 0.99 at 128 with padded
-#: batches (sdpa's CPU flash kernel with a mask), 1.05 at 256 and 1.14 at 512, where eager's
-#: (batch, heads, T, T) weights also cost memory. GPUs keep sdpa (flash or memory-efficient kernels).
-EAGER_MAX_TOKENS = 128
-#: the attribute ``load_base`` sets on a model loaded with ``attn_implementation=auto``
-AUTO_ATTENTION = "_ablate_auto_attention"
-
-
-def attention_kernel(device: torch.device, width: int) -> str:
-    """The attention kernel for a batch ``width`` tokens wide on ``device`` (``auto``)."""
-    return "eager" if device.type == "cpu" and width <= EAGER_MAX_TOKENS else "sdpa"
-
-
-@contextmanager
-def attention_for(model: Any, width: int, device: torch.device) -> Iterator[None]:
-    """Run the block with the kernel ``auto`` picks for this batch, when the model was loaded with
-    ``auto``; then put the model's own back. transformers reads ``config._attn_implementation`` at
-    every forward (attention and mask alike), so switching it between batches is all it takes; a
-    name with a prefix (prefix tuning's wrapper, ``ablate_prefix_sdpa``) keeps the prefix."""
-    config = model.config
-    before = config._attn_implementation
-    if not getattr(model, AUTO_ATTENTION, False) or not before.endswith(("sdpa", "eager")):
-        yield
-        return
-    stem = before.removesuffix("sdpa").removesuffix("eager")
-    config._attn_implementation = stem + attention_kernel(device, width)
-    try:
-        yield
-    finally:
-        config._attn_implementation = before

@@ -16,8 +16,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ablate.device import attention_for
-
 
 def keep_last(labels: torch.Tensor) -> int:
     """How many final positions' logits the loss needs (the lm_head runs only there)."""
@@ -33,13 +31,12 @@ def forward_logits(
     labels = batch["labels"]
     k = keep_last(labels)
     # use_cache=False: a training/eval pass has no use for a key/value cache (transformers builds one by default).
-    with attention_for(model, labels.shape[1], labels.device):
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            logits_to_keep=k,
-            use_cache=False,
-        )
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=k,
+        use_cache=False,
+    )
     logits = out.logits[:, -k:-1] if k > 1 else out.logits[:, :0]
     targets = labels[:, labels.shape[1] - k + 1 :]
     return logits, targets

@@ -117,11 +117,7 @@ def load_base(cfg: ModelConfig, quant: QuantConfig, device: torch.device | None 
     dtype = _dtype(cfg.dtype, device, quant)
     if quant.enabled and device.type == "cpu" and quant.method == "int8":
         raise ConfigError("quant.method", quant.method, "int8 needs a CUDA GPU; use nf4 or fp4 on the CPU")
-    auto = cfg.attn_implementation == "auto"  # sdpa, switched per batch (ablate.device.attention_for)
-    kwargs: dict[str, Any] = {
-        "dtype": dtype,
-        "attn_implementation": "sdpa" if auto else cfg.attn_implementation,
-    }
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
     bnb = bnb_config(quant, device)
     if bnb is not None:
         kwargs["quantization_config"] = bnb
@@ -134,7 +130,6 @@ def load_base(cfg: ModelConfig, quant: QuantConfig, device: torch.device | None 
         tokenizer.pad_token = tokenizer.eos_token
     total = _unquantised_count(model)
     model = prepare(model, quant)
-    setattr(model, devices.AUTO_ATTENTION, auto)
     model.eval()
     return Base(model, tokenizer, device, dtype, total, str(path))
 

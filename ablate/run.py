@@ -201,11 +201,7 @@ def run_trial(
             metrics.update({f"params/{n}": c for n, c in counts.items()})
             metrics.update(gate_means)  # gate/<component>/<layer>: which method the trained model leans on
             if cfg.eval.knockout and len(stack.names) > 1:
-                for name in stack.names:
-                    with stack.knocked_out([name]):
-                        metrics[f"knockout/{name}/{eval_split}_em"] = evaluate(
-                            model, final_batches, device, autocast
-                        )["em"]
+                metrics.update(_knockouts(scorer, data[eval_split], final["items"], cfg, pad_id))
             if cfg.eval.zero_shot:
                 with stack.knocked_out(stack.names):
                     zero = evaluate(model, final_batches, device, autocast, per_item=True)
@@ -225,6 +221,41 @@ def run_trial(
             return Outcome(metrics, rec.run_id, final["items"])
     finally:
         stack.detach()
+
+
+def knockout_subset(n: int, k: int | None) -> list[int]:
+    """The test items knockouts score: ``k`` of ``n`` drawn with a fixed seed (sorted), so every
+    arm and seed of a study is knocked out on the same items; all of them when ``k`` is None or >= n."""
+    if k is None or k >= n:
+        return list(range(n))
+    return sorted(random.Random(0).sample(range(n), k))
+
+
+def _knockouts(
+    scorer: _Scorer, split: EncodedList, items: Mapping[str, list], cfg: TrialConfig, pad_id: int
+) -> dict[str, float]:
+    """EM with each component switched off, on ``eval.knockout_items`` of the split, beside the full
+    model's EM on the same items (read from its per-item record, no extra pass).
+
+    A knockout costs a full pass over the items; with 872 test items and two components the passes
+    were two thirds of a replicate's evaluation, while the report needs one EM change per component
+    (the mean over seeds), which a fixed subset estimates (issue 25 item 6; benchmarks/README.md)."""
+    chosen = knockout_subset(len(split), cfg.eval.knockout_items)
+    batches = make_batches(
+        [split[i] for i in chosen], cfg.train.eval_batch_size, shuffle=False, seed=0, pad_id=pad_id
+    )
+    correct = dict(zip(items["index"], items["correct"], strict=True))
+    split_name = scorer.eval_split
+    out = {
+        f"knockout_base/{split_name}_em": sum(correct[i] for i in chosen) / len(chosen),
+        "knockout_items": len(chosen),
+    }
+    for name in scorer.stack.names:
+        with scorer.stack.knocked_out([name]):
+            out[f"knockout/{name}/{split_name}_em"] = evaluate(
+                scorer.model, batches, scorer.device, scorer.autocast
+            )["em"]
+    return out
 
 
 def dataset_inputs(cfg: DataConfig, data: Mapping[str, EncodedList], splits: tuple[str, ...]) -> list[dict]:
@@ -247,13 +278,19 @@ def dataset_inputs(cfg: DataConfig, data: Mapping[str, EncodedList], splits: tup
         source = {"generator": f"ablate.data.tasks:{cfg.name}", "options": cfg.task_options, "seed": cfg.seed}
     out = []
     for split in dict.fromkeys(splits):
-        h = hashlib.sha256()
-        for e in data[split]:
-            h.update(json.dumps([e.input_ids, e.labels]).encode())
+        rows = data[split]
+        digest = getattr(rows, "digest", None)  # an EncodedList keeps it: hashed once per study, not per trial
+        if digest is None:
+            h = hashlib.sha256()
+            for e in rows:
+                h.update(json.dumps([e.input_ids, e.labels]).encode())
+            digest = h.hexdigest()[:12]
+            if isinstance(rows, EncodedList):
+                rows.digest = digest
         out.append(
             {
                 "name": f"{label}.{split}",
-                "digest": h.hexdigest()[:12],
+                "digest": digest,
                 "source_type": kind,
                 "source": {**source, "split": split, "max_length": cfg.max_length},
                 "rows": len(data[split]),

@@ -7,6 +7,7 @@
     python -m benchmarks calibration [--smoke]          # how often the verdict is wrong (numpy only)
     python -m benchmarks sequential [--smoke]           # study.seeds=auto: error, power, seeds saved
     python -m benchmarks pruning [--smoke] [...]        # does a pruner cost the search its winner
+    python -m benchmarks replication [--smoke] [...]    # a replicate's evaluation passes against its training
     python -m benchmarks packing [--smoke] [...]        # K search trials in one batch: trials/hour
 
 Each ``--smoke`` runs the whole path on the tiny model in seconds; the test suite runs them all.
@@ -27,6 +28,7 @@ COMMANDS = {
     "calibration": "calibration",
     "sequential": "sequential",
     "pruning": "pruning",
+    "replication": "replication",
     "packing": "packing",
 }
 

@@ -40,7 +40,6 @@ import torch
 from ablate.components import build_configs
 from ablate.components.stack import attach
 from ablate.data.tokenize import Encoded, make_batches
-from ablate.device import AUTO_ATTENTION, EAGER_MAX_TOKENS
 from ablate.models import load_base
 from ablate.run import PeakMemory, seed_everything
 from ablate.schema import TrainConfig
@@ -188,11 +187,10 @@ def _train_steps(base: Any, cfgs: Any, setup: tp.Setup) -> dict[str, float]:
 def attention(sizes: Sizes) -> dict[str, Any]:
     """A LoRA step with sdpa against eager attention at 43/128/256/512 tokens (batches of 8 with one
     padded row, as length-grouped real batches have, so the kernels see a mask), interleaved, the
-    faster of the rounds: what ``attn_implementation=auto``'s width threshold rests on."""
+    faster of the rounds: is eager worth choosing by device and length (``model.attn_implementation``)?"""
     cfg = tp.model_config(sizes.component_model)
     base = load_base(cfg, tp.QuantConfig(), CPU)
     lora = build_configs(("lora",), {"lora": {"targets": "all-linear"}})
-    setattr(base.model, AUTO_ATTENTION, False)  # the kernel is set by hand below
     out: dict[str, Any] = {"model": sizes.component_model, "lengths": {}}
     for length in (43, 128) if sizes is SMOKE else (43, 128, 256, 512):
         full = _fixed_length(length, base.tokenizer.vocab_size, 64)
@@ -363,8 +361,8 @@ def markdown(r: dict[str, Any]) -> list[str]:
         lines += [f"- {k}: weights {v['weight_bytes']['linear'] / 1e6:.1f} MB linear, {v['weight_bytes']['total'] / 1e6:.1f} MB whole ({v['dtype']}); training-step peak RSS {v['train_peak_bytes'] / 2**20:.0f} MB" for k, v in m.items() if isinstance(v, dict)]  # fmt: skip
     a = r.get("attention")
     if a:
-        lines += ["", f"### Attention kernel ({a['model']}, LoRA step, batch 8 with padding; auto runs eager "
-                  f"up to {EAGER_MAX_TOKENS} tokens on the CPU)", "",
+        lines += ["", f"### Attention kernel ({a['model']}, LoRA step, batch 8 with padding; "
+                  "`model.attn_implementation`, sdpa by default)", "",
                   "| tokens | sdpa s/step | eager s/step | eager / sdpa time | eager / sdpa peak memory |",
                   "| ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
         lines += [f"| {n} | {x['step_s']['sdpa']:.3f} | {x['step_s']['eager']:.3f} | {x['eager_over_sdpa']:.2f} "

@@ -58,6 +58,7 @@ BAD = [
     (["train", "bogus=1"], "bogus", "1"),
     (["train", "train.steps=[1,2"], "train.steps", "[1,2"),
     (["train", "eval.knockout=maybe"], "eval.knockout", "maybe"),
+    (["train", "eval.knockout_items=0"], "eval.knockout_items", "0"),
     # -- tracking URLs: unreachable within seconds, secrets never shown
     (["train", "tracking.uri=http://127.0.0.1:1"], "tracking.uri", "http://127.0.0.1:1"),
     (["train", "tracking.uri=https://user:tok3n@127.0.0.1:1/"], "tracking.uri", "user:***@127.0.0.1:1"),

@@ -39,6 +39,11 @@ CASES = {  # sub-command -> (arguments, the files it writes, what its JSON holds
     "sequential": (["--smoke"], "sequential-smoke.json", ("cells", "designs")),
     "pruning": (["--smoke"], "pruning-smoke.json", ("rows", "recordings")),
     "packing": (["--smoke"], "packing-smoke.json", ("rows", "equivalence")),
+    "replication": (
+        ["--smoke"],
+        "replication-smoke.json",
+        ("test_pass", "knockout_passes_all_items", "ratio"),
+    ),
 }
 
 
@@ -47,7 +52,7 @@ def test_every_benchmark_runs_in_smoke_mode(command, tmp_path, capsys):
     args, pattern, keys = CASES[command]
     out = (
         ["--out", str(tmp_path)]
-        if command in ("calibration", "sequential", "pruning", "packing")
+        if command in ("calibration", "sequential", "pruning", "packing", "replication")
         else ["--out-dir", str(tmp_path)]
     )
     assert main([command, *args, *out]) == 0

@@ -271,6 +271,45 @@ def test_trials_sharing_a_base_do_not_leak(tiny_bases):
     assert base.model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize(("knockout_items", "scored"), [(5, 5), (None, 12), (50, 12)])
+def test_knockouts_score_a_fixed_subset_beside_the_full_model_on_it(
+    tiny_bases, monkeypatch, knockout_items, scored
+):
+    """eval.knockout_items=k: each component's knockout is one pass over the same k test items (the
+    same k for any trial), and the full model's EM on those items is read off its per-item record."""
+    import ablate.run
+    from ablate.run import knockout_subset, prepare_data, run_trial
+    from ablate.schema import TrialConfig
+    from ablate.tracking import Tracker
+
+    calls = []
+    real = ablate.run.evaluate
+
+    def counting(model, batches, *args, **kwargs):
+        out = real(model, batches, *args, **kwargs)
+        calls.append(out["examples"])
+        return out
+
+    monkeypatch.setattr(ablate.run, "evaluate", counting)
+    cfg = composed("model=tiny", "budget=smoke", "tracking=none", "data.n_test=12")
+    cfg["peft"] = {c: cfg["peft"][c] for c in ("lora", "adapter")}
+    cfg["train"].update(steps=2, eval_every=2)
+    cfg["eval"].update(knockout=True, zero_shot=False, knockout_items=knockout_items)
+    trial = TrialConfig.from_dict(cfg)
+    base = tiny_bases["none"]
+    outcome = run_trial(trial, base, prepare_data(trial.data, base.tokenizer), Tracker())
+    m, items = outcome.metrics, outcome.items
+    assert len(items["index"]) == 12 and calls[-2:] == [scored, scored]  # one pass per component
+    chosen = knockout_subset(12, knockout_items)
+    assert len(chosen) == scored and chosen == knockout_subset(12, knockout_items)
+    assert m["knockout_items"] == scored
+    assert m["knockout_base/test_em"] == pytest.approx(sum(items["correct"][i] for i in chosen) / scored)
+    assert {k for k in m if k.startswith("knockout/")} == {
+        "knockout/lora/test_em",
+        "knockout/adapter/test_em",
+    }
+
+
 @pytest.mark.parametrize(("eval_split", "passes"), [("validation", 2), ("test", 3)])
 def test_a_search_trial_scores_its_last_validation_pass_once(tiny_bases, monkeypatch, eval_split, passes):
     """6 steps, validation every 3: a trial scored on validation (search) makes exactly the two

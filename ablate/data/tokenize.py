@@ -40,6 +40,7 @@ class EncodedList(list[Encoded]):
     def __init__(self, items: Iterable[Encoded] = (), dropped: int = 0) -> None:
         super().__init__(items)
         self.dropped = dropped
+        self.digest: str | None = None  # of the ids and labels, set by the first run that records it
 
 
 def prompt_ids(prompts: Sequence[str], tokenizer: Any) -> list[list[int]]:

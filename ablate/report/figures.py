@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from ablate import stats  # noqa: E402
 from ablate.report.collect import StudyData  # noqa: E402
-from ablate.report.numbers import LATE_BEST, METRIC, Summary, search_curve  # noqa: E402
+from ablate.report.numbers import LATE_BEST, METRIC, Summary, knockout_reference, search_curve  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA's forest on 2-3 points says nothing; below this we skip
 
@@ -289,9 +289,12 @@ def knockout(data: StudyData, s: Summary, out: Path) -> Fig:
     if not arms:
         return Fig(title, None, "No arm with more than one component recorded knockout metrics.")
     fig, axes = plt.subplots(1, len(arms), figsize=(4 * len(arms), 3.4), squeeze=False)
+    subset = None
     for ax, arm in zip(axes[0], arms, strict=True):
         rep = reps[reps["arm"] == arm]
-        cols = [METRIC] + [c for c in ko_cols if rep[c].notna().any()]
+        _, subset = knockout_reference(rep)
+        full = f"knockout_base/{METRIC}" if subset else METRIC  # the full model on the knockouts' own items
+        cols = [full] + [c for c in ko_cols if rep[c].notna().any()]
         means = [100 * rep[c].mean() for c in cols]
         # error bars: the range over seeds (knockout is recorded per seed, not per item)
         err = [
@@ -303,6 +306,8 @@ def knockout(data: StudyData, s: Summary, out: Path) -> Fig:
         ax.set_title(arm, fontsize=10)
         ax.set_ylabel("test EM (points)")
         ax.grid(alpha=0.3, axis="y")
+    if subset:
+        title += f"; on {subset} of the test items, the same for every arm and seed"
     return Fig(title, _save(fig, out / "knockout.png"))
 
 

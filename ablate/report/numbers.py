@@ -99,6 +99,15 @@ def _mean(rep: pd.DataFrame, col: str) -> float:
     return float(rep[col].mean()) if col in rep and rep[col].notna().any() else math.nan
 
 
+def knockout_reference(rep: pd.DataFrame) -> tuple[float, int | None]:
+    """The full model's EM the knockouts compare with: on the knockouts' own items where they
+    scored a subset (``eval.knockout_items``), else on the whole split; and that subset's size."""
+    col = f"knockout_base/{METRIC}"
+    if col in rep.columns and rep[col].notna().any():
+        return _mean(rep, col), int(rep["knockout_items"].max())
+    return _mean(rep, METRIC), None
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 

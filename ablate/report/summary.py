@@ -22,6 +22,7 @@ from ablate.report.numbers import (
     _mean,
     _ratio,
     compute,
+    knockout_reference,
     matched_to,
     search_curve,
 )
@@ -172,13 +173,18 @@ def _costs_text(row: pd.Series) -> str:
 
 def _knockout_text(data: StudyData, arm: str) -> str:
     rep = data.replicates[data.replicates["arm"] == arm]
-    full = _mean(rep, METRIC)
+    full, items = knockout_reference(rep)
     drops = [
         f"{c.split('/')[1]} {pts(_mean(rep, c) - full)}"
         for c in rep.columns
         if c.startswith("knockout/") and c.endswith(f"/{METRIC}") and rep[c].notna().any()
     ]
-    return f" EM change with one component switched off at evaluation: {', '.join(drops)}." if drops else ""
+    where = f" (on {items} of the test items)" if items else ""
+    return (
+        f" EM change with one component switched off at evaluation{where}: {', '.join(drops)}."
+        if drops
+        else ""
+    )
 
 
 def _failure_text(data: StudyData, arm: str) -> str:

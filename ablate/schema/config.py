@@ -45,10 +45,8 @@ class ModelConfig(Schema):
     dtype: Dtype = field(
         "auto", "auto: bfloat16 on capable GPUs; on CPU float32, or a quantised base's compute dtype"
     )
-    attn_implementation: Literal["auto", "sdpa", "eager"] = field(
-        "auto",
-        "attention kernel; auto: eager for CPU batches up to 128 tokens wide (faster there), else sdpa",
-        reason="must be auto, sdpa or eager (prefix tuning hooks into sdpa and eager)",
+    attn_implementation: Literal["sdpa", "eager"] = field(
+        "sdpa", "attention kernel", reason="must be sdpa or eager (prefix tuning hooks into these)"
     )
     tiny: dict[str, Any] = field({}, "LlamaConfig fields for source=tiny")
 
@@ -271,6 +269,12 @@ class TrainConfig(Schema):
 class EvalConfig(Schema):
     KEY: ClassVar[str] = "eval"
     knockout: bool = field(True, "test metric with each component switched off (which part does the work?)")
+    knockout_items: int | None = field(
+        256,
+        "knockouts score this many test items (a fixed random subset, the same for every arm and seed); "
+        "null: all of them",
+        gt=0,
+    )
     zero_shot: bool = field(False, "test metric of the bare base model, i.e. every component off")
     save_components: bool = field(True, "log the trained components' weights as an MLflow artifact")
 

@@ -279,7 +279,9 @@ def dataset_inputs(cfg: DataConfig, data: Mapping[str, EncodedList], splits: tup
     out = []
     for split in dict.fromkeys(splits):
         rows = data[split]
-        digest = getattr(rows, "digest", None)  # an EncodedList keeps it: hashed once per study, not per trial
+        digest = getattr(
+            rows, "digest", None
+        )  # an EncodedList keeps it: hashed once per study, not per trial
         if digest is None:
             h = hashlib.sha256()
             for e in rows:

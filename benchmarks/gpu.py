@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
-        "--only", default="throughput,profile,memory,study", help="comma-separated items to run"
+        "--only", default="throughput,profile,memory,study,packing", help="comma-separated items to run"
     )
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
@@ -407,6 +407,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = 2 if args.smoke else 3 if args.quick else 6
         print(f"study overhead ({n} trials + 2 seeds)", file=sys.stderr)
         results["study_overhead"] = study_overhead(args.model, n, 2, steps, device)
+        flush()
+    if "packing" in only:  # issue 25 item 3 on a GPU: K QLoRA search trials in one batch
+        from benchmarks import packing
+
+        print("packing trials", file=sys.stderr)
+        argv_ = ["--model", args.model, "--device", args.device, "--quant", "nf4", "--data", "longtail",
+                 "--batch-size", str(max(1, args.batch_size // 4)), "--steps", str(max(3, steps // 3)),
+                 "--rounds", str(args.rounds), "--out", str(args.out_dir)]  # fmt: skip
+        packing.main([*argv_, "--k", "1,2"] if args.smoke else argv_)
+        written = json.loads((args.out_dir / f"packing-{args.model}-longtail.json").read_text())
+        results["packing"] = {"rows": written["rows"], "decision": written["decision"]}
         flush()
     results["total_s"] = time.perf_counter() - started
     flush()
@@ -504,6 +515,12 @@ def markdown(r: dict[str, Any]) -> list[str]:
             f"(against N x the median trial: {s['ratio_vs_n_times_median']:.3f})",
             "",
         ]
+    pk = r.get("packing")
+    if pk:
+        d = pk["decision"]
+        lines += ["### 3. Packing trials (results/packing-*.md)", ""]
+        lines += [f"- K={x['K']}: {x['gain']:.2f}x trials per hour against one at a time" for x in pk["rows"]]
+        lines += ["", f"build into the study engine: {'yes' if d['build'] else 'no'} (best {d['best_gain']:.2f}x, threshold {d['threshold']}x)", ""]  # fmt: skip
     return lines
 
 

@@ -46,6 +46,7 @@ from benchmarks.throughput import (
     LORA_ALPHA,
     LORA_R,
     MAX_GRAD_NORM,
+    MODELS,
     TARGETS,
     WARMUP_RATIO,
     StepClock,
@@ -393,7 +394,11 @@ def render(res: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("tiny", "mid", "smollm2"), default="smollm2")
+    parser.add_argument("--model", choices=MODELS, default="smollm2")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, or cuda on a GPU machine (benchmarks gpu runs it)"
+    )
+    parser.add_argument("--quant", choices=("none", "nf4"), default="none", help="nf4: QLoRA's 4-bit base")
     parser.add_argument("--data", choices=("longtail", "dates"), default="longtail")
     parser.add_argument("--k", default="1,2,4,8", help="trials per pack, comma-separated")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per trial (>= 2)")
@@ -414,10 +419,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     setup, data_info = build_setup(
         model=args.model, data=args.data, device=device, steps=args.steps,
-        batch_size=args.batch_size, n_train=args.n_train,
+        batch_size=args.batch_size, n_train=args.n_train, quant=args.quant,
     )  # fmt: skip
     base = load_base(setup.model_cfg, setup.quant, device)
     kw = dict(steps=args.steps, batch_size=args.batch_size, pad_id=base.tokenizer.pad_token_id)
@@ -439,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m benchmarks packing " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": args.model, "data": args.data, "precision": setup.precision, "steps": args.steps,
+        "device": args.device, "quant": args.quant,
         "batch_size": args.batch_size, "rounds": args.rounds, "lora": {"r": LORA_R, "alpha": LORA_ALPHA},
         "rows": summarise(rounds, args.steps),
         "equivalence": [{"K": x["K"], "round": i + 1, **x["eq"]} for i, rr in enumerate(rounds) for x in rr if "eq" in x],

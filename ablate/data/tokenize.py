@@ -139,9 +139,8 @@ class Batches(Sequence[dict[str, torch.Tensor]]):
         if i not in self._built:
             chunk = self._chunks[i]
             batch = collate([self._encoded[j] for j in chunk], self._pad_id)
-            batch["index"] = torch.tensor(
-                chunk, dtype=torch.long
-            )  # position in ``encoded``: per-item records
+            # each example's position in ``encoded``: per-item records
+            batch["index"] = torch.tensor(chunk, dtype=torch.long)
             self._built[i] = batch
         return self._built[i]
 

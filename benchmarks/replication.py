@@ -4,10 +4,12 @@ A replicate of a study (the best configuration on a new seed, scored on the test
 validates every ``train.eval_every`` steps (the learning-curve figure), scores the test split per
 item (the verdict), and knocks each component out for one more pass (the knockout figure). This
 runs one such replicate through ``ablate.run.run_trial`` exactly as the study does (the bare base
-is scored once per study, not here), times every evaluation pass by wrapping ``ablate.run.evaluate``
-(nothing in ablate is patched to time it), and then times the knockout passes once more on
-``eval.knockout_items`` test items, the default since issue 25 item 6, on the same trained
-components. It also times one test pass at a few evaluation batch sizes.
+is scored once per study, not here), times every evaluation pass by wrapping
+``ablate.run.evaluate`` with a timer for that one run (the only thing replaced; it returns what it
+returned), then times the knockout passes once more on ``eval.knockout_items`` test items (the
+default since issue 25 item 6) with the same components attached afresh: a pass costs the same
+whatever their trained values. It also times one test pass of the bare base at a few evaluation
+batch sizes.
 
     python -m benchmarks replication --smoke                       # the suite: seconds
     python -m benchmarks replication --model smollm2 --data sentiment --n-test 872 --steps 30
@@ -165,7 +167,7 @@ def render(r: dict[str, Any], seconds: float, command: str) -> str:
             for n, x in r["ratio"].items()
         ],  # fmt: skip
         "",
-        "Test pass by evaluation batch size (seconds, the full model): "
+        "Test pass by evaluation batch size (seconds, the bare base): "
         + ", ".join(f"{k}: {v:.1f}" for k, v in r["test_pass_by_eval_batch_size_s"].items())
         + ".",
     ]
